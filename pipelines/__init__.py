@@ -1,0 +1,1 @@
+"""The researcher's side: experiment configs, the central Prefect flow, strategies, tracking."""

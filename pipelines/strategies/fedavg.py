@@ -1,0 +1,109 @@
+"""FedAvg: the average of the sites' weights, weighted by their number of examples.
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+
+from medfed.pipelines.strategies.base import (
+    AggregationError,
+    SiteUpdate,
+    Strategy,
+    StrategyConfig,
+)
+
+
+class FedAvgConfig(StrategyConfig):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class WeightedSum:
+    """Streaming weighted sum of state dicts that holds one accumulator per tensor.
+
+    Updates are added one at a time, so peak memory is the accumulator plus
+    the update being added, whatever the number of sites. Floating tensors
+    accumulate in their own dtype; integer tensors accumulate in float64 and
+    are rounded back to their dtype by `mean`.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self.total_weight = 0.0
+        self.count = 0
+
+    def reset(self) -> None:
+        """Forget the sums but keep the buffers, so the next round reuses their memory."""
+        for acc in self._sums.values():
+            acc.zero_()
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        if weight <= 0:
+            return
+        for name, tensor in tensors.items():
+            acc = self._sums.get(name)
+            if acc is None or acc.shape != tensor.shape:
+                acc_dtype = tensor.dtype if tensor.is_floating_point() else torch.float64
+                acc = torch.zeros(tensor.shape, dtype=acc_dtype)
+                self._sums[name] = acc
+                self._dtypes[name] = tensor.dtype
+            acc.add_(tensor.to(acc.dtype), alpha=weight)
+        self.total_weight += weight
+        self.count += 1
+
+    def mean(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Return sum / total weight per tensor, integer tensors rounded to their dtype."""
+        if self.total_weight <= 0:
+            raise AggregationError(
+                "no site contributed any examples this round, so there is nothing to average"
+            )
+        out: dict[str, torch.Tensor] = {}
+        for name in names if names is not None else self._sums:
+            acc = self._sums[name]
+            averaged = acc / self.total_weight
+            dtype = self._dtypes[name]
+            if not dtype.is_floating_point:
+                averaged = torch.round(averaged)
+            out[name] = averaged.to(dtype)
+        return out
+
+
+def weighted_average(
+    updates: Iterable[SiteUpdate], accumulator: WeightedSum | None = None
+) -> dict[str, torch.Tensor]:
+    """Average the updates' tensors weighted by `num_examples`; sites with zero weigh nothing."""
+    acc = accumulator or WeightedSum()
+    acc.reset()
+    for update in updates:
+        if update.num_examples < 0:
+            raise AggregationError(
+                f"site {update.site_id!r} reported num_examples={update.num_examples}; it must be >= 0"
+            )
+        acc.add(update.tensors, float(update.num_examples))
+    return acc.mean()
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+    config_class = FedAvgConfig
+
+    def __init__(self, config: FedAvgConfig | None = None) -> None:
+        super().__init__(config or FedAvgConfig())
+        self._accumulator = WeightedSum()
+
+    def aggregate(
+        self,
+        global_state: dict[str, torch.Tensor],
+        updates: Iterable[SiteUpdate],
+    ) -> dict[str, torch.Tensor]:
+        averaged = weighted_average(updates, self._accumulator)
+        # Tensors that no site sent (local layers) keep their global value.
+        return {name: averaged.get(name, tensor) for name, tensor in global_state.items()}
