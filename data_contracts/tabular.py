@@ -51,11 +51,13 @@ class ColumnRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    dtype: Literal["int", "float"] = "float"
+    dtype: Literal["int", "float", "str"] = "float"
     unit: str | None = None
     description: str | None = None
     range: tuple[float, float] | None = None
     allowed: list[float] | None = None
+    # Regular expression that every value of a "str" column must match in full.
+    pattern: str | None = None
     nullable: bool = True
     zero_means_missing: bool = False
 
@@ -63,6 +65,13 @@ class ColumnRule(BaseModel):
     def _check_bounds(self) -> ColumnRule:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"column {self.name}: range {list(self.range)} has min > max")
+        numeric_only = {"range": self.range, "allowed": self.allowed, "zero_means_missing": self.zero_means_missing}
+        if self.dtype == "str":
+            used = [key for key, value in numeric_only.items() if value]
+            if used:
+                raise ValueError(f"column {self.name}: {used} apply to numeric columns, not dtype str")
+        elif self.pattern is not None:
+            raise ValueError(f"column {self.name}: pattern applies to dtype str columns only")
         return self
 
 
@@ -141,7 +150,9 @@ class ValidatedTable(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    frame: pd.DataFrame  # numeric columns, nulls for missing; index = 1-based source row number
+    # Numbers for int and float columns, text for str columns, nulls for missing;
+    # the index is the 1-based source row number.
+    frame: pd.DataFrame
     report: ContractReport
 
 
@@ -261,10 +272,14 @@ def _check_values(
     stripped = raw.apply(lambda col: col.str.strip())
     is_marker = stripped.isin(markers)
     numeric = stripped.mask(is_marker).apply(pd.to_numeric, errors="coerce")
+    text_columns = [rule.name for rule in contract.columns if rule.dtype == "str"]
+    numeric[text_columns] = stripped[text_columns].mask(is_marker[text_columns])
     bad_rows: set[int] = set()
 
     # Rule: parseable number. A text value that is neither a number nor a missing marker.
     for rule in contract.columns:
+        if rule.dtype == "str":
+            continue
         unparsable = numeric[rule.name].isna() & ~is_marker[rule.name]
         rows = [int(r) for r in raw.index[unparsable]]
         report.results.append(
@@ -309,6 +324,8 @@ def _rule_checks(rule: ColumnRule) -> list[tuple[str, str]]:
         checks.append(("in_range", f"values must lie in [{rule.range[0]:g}, {rule.range[1]:g}]{unit}"))
     if rule.allowed is not None:
         checks.append(("allowed_values", f"values must be one of {[f'{v:g}' for v in rule.allowed]}"))
+    if rule.pattern is not None:
+        checks.append(("pattern", f"values must match the regular expression {rule.pattern}"))
     return checks
 
 
@@ -323,21 +340,33 @@ def _pandera_schema(contract: TabularContract) -> pa.DataFrameSchema:
             checks.append(pa.Check.in_range(low, high, name="in_range"))
         if rule.allowed is not None:
             checks.append(pa.Check.isin(rule.allowed, name="allowed_values"))
-        columns[rule.name] = pa.Column(float, checks=checks, nullable=rule.nullable, name=rule.name)
+        if rule.pattern is not None:
+            checks.append(
+                pa.Check(lambda s, regex=rule.pattern: s.str.fullmatch(regex), name="pattern", ignore_na=True)
+            )
+        dtype = str if rule.dtype == "str" else float
+        columns[rule.name] = pa.Column(dtype, checks=checks, nullable=rule.nullable, name=rule.name)
     return pa.DataFrameSchema(columns, strict=True, ordered=True, coerce=True)
+
+
+PANDERA_CHECK_RULES = {"not_nullable": "not_null", "isin": "allowed_values"}
 
 
 def _pandera_failures(numeric: pd.DataFrame, contract: TabularContract) -> dict[tuple[str, str], set[int]]:
     """Run the pandera schema lazily and map each failure to (column, check) -> row numbers."""
     failures: dict[tuple[str, str], set[int]] = defaultdict(set)
     try:
-        _pandera_schema(contract).validate(numeric.astype(float), lazy=True)
+        numeric_types = {rule.name: float for rule in contract.columns if rule.dtype != "str"}
+        _pandera_schema(contract).validate(numeric.astype(numeric_types), lazy=True)
     except pa.errors.SchemaErrors as exc:
         # failure_cases holds the failing values; keep only column, check and row.
         cases = exc.failure_cases[["column", "check", "index"]]
         for column, check, index in cases.itertuples(index=False):
             if column is None or index is None or pd.isna(index):
                 continue
-            name = "not_null" if str(check) == "not_nullable" else str(check).split("(")[0]
+            # pandera names its built-in checks by function ("isin([0.0, 1.0])"),
+            # not by the name passed to Check; map them back to the rule names.
+            name = str(check).split("(")[0]
+            name = PANDERA_CHECK_RULES.get(name, name)
             failures[(str(column), name)].add(int(index))
     return failures
