@@ -45,4 +45,6 @@ def apply_offline_defaults() -> None:
     home = medfed_home()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    for key in ("PREFECT_HOME", "MPLCONFIGDIR"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -87,37 +86,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_payload(
-    folder: Path,
-    stem: str,
+def encode_payload(
     state: dict[str, torch.Tensor],
     *,
     kind: PayloadKind,
     federation_id: str,
     round_number: int,
     model_name: str,
+    payload_file: str,
     site_id: str | None = None,
     num_examples: int = 0,
     metrics: dict[str, float] | None = None,
-) -> tuple[Path, Manifest]:
-    """Write `stem.safetensors` and `stem.json` into `folder`; return the manifest path.
-
-    The payload is written first and the manifest last, each by an atomic
-    rename, so a reader that finds the manifest always finds a whole payload.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
+) -> tuple[Manifest, bytes]:
+    """Serialise `state` as safetensors bytes and describe them in a manifest."""
     contiguous = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     data = save_safetensors_bytes(contiguous, metadata={"federation_id": federation_id})
-    payload_path = folder / f"{stem}.safetensors"
-    _write_atomic(payload_path, data)
     manifest = Manifest(
         kind=kind,
         federation_id=federation_id,
@@ -126,45 +109,36 @@ def write_payload(
         model_name=model_name,
         model_schema_hash=schema_hash(contiguous),
         num_examples=num_examples,
-        payload_file=payload_path.name,
+        payload_file=payload_file,
         payload_bytes=len(data),
         payload_sha256=sha256_bytes(data),
         metrics=metrics or {},
     )
-    manifest_path = folder / f"{stem}.json"
-    _write_atomic(manifest_path, (manifest.model_dump_json(indent=2) + "\n").encode())
-    return manifest_path, manifest
+    return manifest, data
 
 
-def read_manifest(path: Path, *, site_id: str | None = None) -> Manifest:
-    """Parse a manifest file, naming the site when it is not valid JSON of the right shape."""
+def parse_manifest(data: bytes, *, site_id: str | None = None) -> Manifest:
+    """Parse manifest JSON, naming the site when it is not valid JSON of the right shape."""
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        return Manifest.model_validate_json(data)
     except ValueError as exc:
-        raise ExchangeError(f"invalid manifest {path.name}: {exc}", site_id=site_id) from exc
+        raise ExchangeError(f"invalid manifest: {exc}", site_id=site_id) from exc
 
 
-def read_payload(
-    manifest_path: Path,
+def decode_payload(
+    manifest: Manifest,
+    data: bytes,
     *,
     max_bytes: int = MAX_PAYLOAD_BYTES,
-) -> tuple[Manifest, dict[str, torch.Tensor]]:
-    """Read a manifest and its payload, checking size and sha256 before parsing the tensors."""
-    manifest = read_manifest(manifest_path)
+) -> dict[str, torch.Tensor]:
+    """Check the payload's size and sha256 against the manifest, then parse the tensors."""
     site = manifest.site_id
-    payload_path = manifest_path.parent / manifest.payload_file
-    if Path(manifest.payload_file).name != manifest.payload_file:
+    if len(data) > max_bytes:
+        raise ExchangeError(f"payload of {len(data)} bytes exceeds the {max_bytes}-byte limit", site_id=site)
+    if len(data) != manifest.payload_bytes:
         raise ExchangeError(
-            f"payload_file must be a bare file name, got {manifest.payload_file!r}", site_id=site
+            f"payload has {len(data)} bytes but the manifest says {manifest.payload_bytes}", site_id=site
         )
-    size = payload_path.stat().st_size
-    if size > max_bytes:
-        raise ExchangeError(f"payload of {size} bytes exceeds the {max_bytes}-byte limit", site_id=site)
-    if size != manifest.payload_bytes:
-        raise ExchangeError(
-            f"payload has {size} bytes but the manifest says {manifest.payload_bytes}", site_id=site
-        )
-    data = payload_path.read_bytes()
     digest = sha256_bytes(data)
     if digest != manifest.payload_sha256:
         raise ExchangeError(
@@ -172,10 +146,9 @@ def read_payload(
             site_id=site,
         )
     try:
-        tensors = load_safetensors_bytes(data)
-    except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+        return load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise ExchangeError(f"payload is not valid safetensors: {exc}", site_id=site) from exc
-    return manifest, tensors
 
 
 def validate_update(
@@ -242,9 +215,3 @@ def validate_update(
                 )
     if manifest.model_schema_hash != schema_hash(tensors):
         raise ExchangeError("model schema hash does not match the tensors sent", site_id=site_id)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

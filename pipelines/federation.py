@@ -1,0 +1,305 @@
+"""The central federation: statistics, then rounds of train, validate, aggregate, evaluate.
+
+`run_federation` holds the logic and works with any dispatcher;
+`federation_flow` is the Prefect flow of the embedded shape, where every
+site runs as a Prefect task in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from medfed import __version__
+from medfed.models import build_model, get_spec
+from medfed.pipelines import progress
+from medfed.pipelines.config import ExperimentConfig
+from medfed.pipelines.dispatch import EmbeddedDispatcher, SiteDispatcher, SiteFailure
+from medfed.pipelines.model_logging import log_final_model
+from medfed.pipelines.plots import accuracy_plot
+from medfed.pipelines.strategies import AggregationError, SiteUpdate, Strategy, build_strategy
+from medfed.pipelines.tracking import RunLogger, flatten, local_artifact_root
+from medfed.sites.exchange import ExchangeError, validate_update
+from medfed.sites.exchange_store import ExchangeStore, LocalFolderStore, get_state, put_state
+from medfed.sites.job import RoundRequest, SiteResult
+from medfed.sites.preprocessing import PreprocessingPlan, merge_statistics
+
+logger = logging.getLogger(__name__)
+
+
+class QuorumNotMet(RuntimeError):
+    """Too few sites returned a valid result for the round to count."""
+
+
+class RoundRecord(BaseModel):
+    round: int
+    metrics: dict[str, float]
+    included: list[str]
+    dropped: dict[str, str] = Field(default_factory=dict)
+
+
+class FederationSummary(BaseModel):
+    federation_id: str
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    site_ids: list[str]
+    rounds: list[RoundRecord]
+    site_metrics: dict[str, dict[str, float]] = Field(description="Final global model, per site.")
+    model_uri: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    preprocessing: PreprocessingPlan | None = None
+
+
+def new_federation_id(study: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{study}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def resolve_model_kwargs(config: ExperimentConfig) -> ExperimentConfig:
+    """Fill `in_features` of a tabular model from the feature spec when the config leaves it out."""
+    if get_spec(config.model.name).input_kind == "tabular" and "in_features" not in config.model.kwargs:
+        kwargs = {**config.model.kwargs, "in_features": config.data.features.num_inputs}
+        return config.model_copy(update={"model": config.model.model_copy(update={"kwargs": kwargs})})
+    return config
+
+
+def initial_state(config: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Build the round-0 global model from the experiment seed, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model.name, **config.model.kwargs)
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def run_federation(
+    config: ExperimentConfig,
+    dispatcher: SiteDispatcher,
+    store: ExchangeStore,
+    *,
+    federation_id: str,
+    tracking_uri: str,
+    artifact_root: Path | None,
+) -> FederationSummary:
+    """Run every phase of a federation and record it in one MLflow run."""
+    config = resolve_model_kwargs(config)
+    strategy = build_strategy(config.strategy)
+    site_ids = dispatcher.site_ids
+    tracker = RunLogger.start(
+        tracking_uri, config.study, run_name=federation_id, artifact_root=artifact_root,
+        tags={"medfed.kind": "federated", "medfed.federation_id": federation_id,
+              "medfed.version": __version__, "medfed.comparison": federation_id},
+    )
+    tracker.log_params({**flatten(config.model_dump(mode="json")), "federation_id": federation_id})
+    try:
+        summary = _run_rounds(config, strategy, dispatcher, store, tracker, federation_id, site_ids)
+    except BaseException as exc:
+        tracker.set_tags({"medfed.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.end("FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    registered = config.tracking.registered_model or config.study
+    info = log_final_model(tracking_uri, tracker.run_id, summary.pop("state"), config.model,
+                           summary["preprocessing"], registered)
+    tracker.end("FINISHED")
+    run = tracker.client.get_run(tracker.run_id)
+    return FederationSummary(
+        federation_id=federation_id, tracking_uri=tracking_uri, experiment_id=run.info.experiment_id,
+        run_id=tracker.run_id, site_ids=site_ids, model_uri=info.model_uri, registered_model=registered,
+        registered_version=str(info.registered_model_version) if info.registered_model_version else None,
+        **summary,
+    )
+
+
+def _run_rounds(
+    config: ExperimentConfig,
+    strategy: Strategy,
+    dispatcher: SiteDispatcher,
+    store: ExchangeStore,
+    tracker: RunLogger,
+    federation_id: str,
+    site_ids: list[str],
+) -> dict:
+    base = RoundRequest(
+        federation_id=federation_id, round=0, phase="statistics", model=config.model, data=config.data,
+        training=config.training.model_copy(update={"proximal_mu": strategy.site_hints().proximal_mu}),
+        seed=config.seed,
+    )
+
+    # Phase 1: contract validation and federated preprocessing statistics.
+    outcomes = dispatcher.dispatch({s: base for s in site_ids}, config.round_timeout_s)
+    results, dropped = _split_outcomes(outcomes)
+    _require_quorum(config, results, dropped, "statistics")
+    for site_id, result in sorted(results.items()):
+        report = result.contract_report
+        if report is not None:
+            tracker.log_contract_report(site_id, report)
+            tracker.log_params({
+                f"site/{site_id}/contract": f"{report.contract} {report.contract_version}",
+                f"site/{site_id}/data_fingerprint": report.fingerprint or "",
+                f"site/{site_id}/rows_kept": str(report.rows_kept),
+            })
+    reports = [r.contract_report for r in results.values() if r.contract_report is not None]
+    if reports:
+        tracker.log_params({"contract.name": reports[0].contract, "contract.version": reports[0].contract_version})
+    plan = merge_statistics([r.statistics for r in results.values() if r.statistics], config.data.features)
+    tracker.log_json(plan.model_dump(mode="json"), "preprocessing/plan.json")
+
+    # Phase 2: rounds.
+    global_state = initial_state(config)
+    global_key = _publish_global(store, federation_id, 0, global_state, config)
+    history: list[dict[str, float]] = []
+    records: list[RoundRecord] = []
+    site_metrics: dict[str, dict[str, float]] = {}
+    for round_number in range(1, config.rounds + 1):
+        train_request = base.model_copy(update={
+            "round": round_number, "phase": "train", "global_model": global_key, "preprocessing": plan,
+        })
+        outcomes = dispatcher.dispatch({s: train_request for s in site_ids}, config.round_timeout_s)
+        results, dropped = _split_outcomes(outcomes)
+        accepted: list[str] = []
+        updates = _valid_updates(results, dropped, accepted, store, global_state, config, federation_id,
+                                 round_number)
+        try:
+            candidate = strategy.aggregate(global_state, updates)
+        except AggregationError:
+            candidate = None
+        _require_quorum(config, {s: results[s] for s in accepted}, dropped, f"round {round_number}")
+        if candidate is None:  # every accepted site reported zero examples
+            raise QuorumNotMet(f"round {round_number}: no accepted site had any training examples")
+        global_state = candidate
+        global_key = _publish_global(store, federation_id, round_number, global_state, config)
+
+        eval_request = train_request.model_copy(update={"phase": "evaluate", "global_model": global_key})
+        eval_outcomes = dispatcher.dispatch({s: eval_request for s in site_ids}, config.round_timeout_s)
+        evaluations, eval_failures = _split_outcomes(eval_outcomes)
+        for site_id, reason in eval_failures.items():
+            dropped.setdefault(site_id, f"evaluation failed: {reason}")
+        metrics = _round_metrics(site_ids, results, accepted, evaluations)
+        site_metrics = {s: dict(r.metrics) for s, r in evaluations.items()}
+
+        tracker.log_metrics(metrics, step=round_number)
+        if config.tracking.log_round_models:
+            _log_global_artifacts(tracker, store, global_key)
+        tracker.log_json({"round": round_number, "included": accepted, "dropped": dropped},
+                         f"rounds/round_{round_number:04d}.json")
+        history.append(metrics)
+        tracker.log_bytes(accuracy_plot(history, site_ids), "plots/accuracy_by_round.png")
+        for site_id, reason in sorted(dropped.items()):
+            logger.warning("round %d: site %s left out: %s", round_number, site_id, reason)
+        records.append(RoundRecord(round=round_number, metrics=metrics, included=accepted, dropped=dropped))
+        progress.publish(progress.RoundEvent(federation_id, round_number, config.rounds, metrics, dropped))
+        logger.info("round %d/%d done: accuracy_mean=%.4f, %d site(s) aggregated", round_number,
+                    config.rounds, metrics.get("accuracy_mean", float("nan")), len(accepted))
+
+    return {"rounds": records, "site_metrics": site_metrics, "preprocessing": plan, "state": global_state}
+
+
+def _split_outcomes(outcomes: dict[str, SiteResult | SiteFailure]) -> tuple[dict[str, SiteResult], dict[str, str]]:
+    results = {s: o for s, o in outcomes.items() if isinstance(o, SiteResult)}
+    failures = {s: o.reason for s, o in outcomes.items() if isinstance(o, SiteFailure)}
+    return results, failures
+
+
+def _require_quorum(config: ExperimentConfig, results: dict, dropped: dict[str, str], phase: str) -> None:
+    if len(results) < config.min_sites:
+        reasons = "; ".join(f"{s}: {r}" for s, r in sorted(dropped.items())) or "no site answered"
+        raise QuorumNotMet(
+            f"{phase}: {len(results)} site(s) returned a valid result, fewer than min_sites="
+            f"{config.min_sites} ({reasons})"
+        )
+
+
+def _valid_updates(
+    results: dict[str, SiteResult],
+    dropped: dict[str, str],
+    accepted: list[str],
+    store: ExchangeStore,
+    global_state: dict[str, torch.Tensor],
+    config: ExperimentConfig,
+    federation_id: str,
+    round_number: int,
+) -> Iterator[SiteUpdate]:
+    """Load and check each update, one at a time; a rejected one is recorded in `dropped`."""
+    for site_id in sorted(results):
+        result = results[site_id]
+        try:
+            if result.update is None:
+                raise ExchangeError("result names no update", site_id=site_id)
+            manifest, tensors = get_state(store, result.update, site_id=site_id)
+            if manifest.payload_sha256 != result.update_sha256:
+                raise ExchangeError("update sha256 differs from the one the site reported", site_id=site_id)
+            validate_update(manifest, tensors, reference=global_state, federation_id=federation_id,
+                            round_number=round_number, site_id=site_id, max_norm=config.max_update_norm)
+        except (ExchangeError, FileNotFoundError) as exc:
+            dropped[site_id] = f"update rejected: {exc}"
+            continue
+        accepted.append(site_id)
+        yield SiteUpdate(site_id=site_id, num_examples=manifest.num_examples, tensors=tensors,
+                         metrics=manifest.metrics)
+
+
+def _round_metrics(
+    site_ids: list[str],
+    train_results: dict[str, SiteResult],
+    accepted: list[str],
+    evaluations: dict[str, SiteResult],
+) -> dict[str, float]:
+    metrics: dict[str, float] = {"sites_aggregated": float(len(accepted))}
+    for site_id in site_ids:
+        metrics[f"site/{site_id}/included"] = 1.0 if site_id in accepted else 0.0
+        if site_id in train_results:
+            metrics[f"site/{site_id}/num_examples"] = float(train_results[site_id].num_examples)
+            for name, value in train_results[site_id].metrics.items():
+                metrics[f"site/{site_id}/{name}"] = value
+        if site_id in evaluations:
+            for name, value in evaluations[site_id].metrics.items():
+                metrics[f"site/{site_id}/{name}"] = value
+    for name in ("accuracy", "auc", "loss"):
+        values = [r.metrics[name] for r in evaluations.values() if name in r.metrics]
+        if values:
+            metrics[f"{name}_mean"] = sum(values) / len(values)
+        weighted = [(r.metrics[name], r.metrics.get("num_examples", 0.0)) for r in evaluations.values()
+                    if name in r.metrics]
+        total = sum(w for _, w in weighted)
+        if total > 0:
+            metrics[f"{name}_weighted"] = sum(v * w for v, w in weighted) / total
+    return metrics
+
+
+def _publish_global(
+    store: ExchangeStore, federation_id: str, round_number: int, state: dict[str, torch.Tensor],
+    config: ExperimentConfig,
+) -> str:
+    key, _, _ = put_state(store, f"{federation_id}/round_{round_number:04d}/global", state,
+                          kind="global_model", federation_id=federation_id, round_number=round_number,
+                          model_name=config.model.name)
+    return key
+
+
+def _log_global_artifacts(tracker: RunLogger, store: ExchangeStore, manifest_key: str) -> None:
+    folder = f"models/{Path(manifest_key).parent.name}"
+    tracker.log_bytes(store.get(manifest_key), f"{folder}/global.json")
+    payload_key = str(Path(manifest_key).with_suffix(".safetensors"))
+    tracker.log_bytes(store.get(payload_key), f"{folder}/global.safetensors")
+
+
+@flow(name="medfed-federation", persist_result=False, log_prints=False)
+def federation_flow(config: ExperimentConfig, federation_id: str | None = None) -> FederationSummary:
+    """Run a federation in the embedded shape: every site is a Prefect task in this process."""
+    federation_id = federation_id or new_federation_id(config.study)
+    workdir = config.workdir.resolve()
+    store = LocalFolderStore(workdir / "exchange")
+    dispatcher = EmbeddedDispatcher(config.sites, store)
+    tracking_uri = config.tracking_uri()
+    return run_federation(
+        config, dispatcher, store, federation_id=federation_id, tracking_uri=tracking_uri,
+        artifact_root=local_artifact_root(tracking_uri, workdir),
+    )

@@ -1,0 +1,217 @@
+"""The site job: one function that serves every request the centre makes of a site.
+
+The same `SiteJob.run` serves the embedded shape (called from a Prefect task
+in the researcher's process) and the deployed shape (called by the site
+agent's flow). A request carries names and numbers only; the site maps the
+dataset name to a file through its own config. What the job returns is JSON:
+aggregates, counts and the store key of the update it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from medfed.data_contracts.report import ContractReport
+from medfed.models import build_model
+from medfed.sites.config import SiteConfig
+from medfed.sites.datasets import DataSpec, SiteDataset, open_dataset
+from medfed.sites.exchange_store import ExchangeStore, get_state, put_state
+from medfed.sites.preprocessing import PreprocessingPlan, SiteStatistics
+from medfed.sites.training import LocalTrainingConfig, evaluate, train_local
+
+logger = logging.getLogger(__name__)
+
+Phase = Literal["statistics", "train", "evaluate"]
+
+
+class ModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoundRequest(BaseModel):
+    """What the centre asks a site to do. Validated before any work starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    federation_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    round: int = Field(ge=0)
+    phase: Phase
+    model: ModelRequest
+    data: DataSpec
+    training: LocalTrainingConfig = Field(default_factory=LocalTrainingConfig)
+    seed: int = 0
+    global_model: str | None = Field(default=None, description="Store key of the global model's manifest.")
+    preprocessing: PreprocessingPlan | None = None
+
+
+class SiteResult(BaseModel):
+    """What a site returns: aggregates and keys, never rows or tensors."""
+
+    site_id: str
+    federation_id: str
+    round: int
+    phase: Phase
+    num_examples: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    withheld_metrics: list[str] = Field(default_factory=list)
+    update: str | None = None
+    update_sha256: str | None = None
+    update_bytes: int | None = None
+    statistics: SiteStatistics | None = None
+    contract_report: ContractReport | None = None
+
+
+class RequestRejected(PermissionError):
+    """The site declines a request (model or flow not allowed, dataset not offered)."""
+
+
+# Called with (kind, store key, payload bytes) before anything leaves the site.
+EgressHook = Callable[[str, str, bytes], None]
+
+
+class SiteJob:
+    """Serve round requests for one site, keeping its data loaded between rounds."""
+
+    def __init__(self, config: SiteConfig, store: ExchangeStore, on_egress: EgressHook | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.on_egress = on_egress
+        self._datasets: dict[str, SiteDataset] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def site_id(self) -> str:
+        return self.config.site_id
+
+    def check_request(self, request: RoundRequest) -> None:
+        """Reject a request for a model or dataset this site does not offer."""
+        if request.model.name not in self.config.allowed_models:
+            raise RequestRejected(
+                f"site {self.site_id!r} does not allow model {request.model.name!r}; "
+                f"allowed: {', '.join(self.config.allowed_models)}"
+            )
+        self.config.dataset(request.data.dataset)
+
+    def dataset(self, spec: DataSpec) -> SiteDataset:
+        key = spec.model_dump_json()
+        with self._lock:
+            if key not in self._datasets:
+                self._datasets[key] = open_dataset(self.config, spec)
+            return self._datasets[key]
+
+    def run(self, request: RoundRequest) -> SiteResult:
+        self.check_request(request)
+        data = self.dataset(request.data)
+        if request.phase == "statistics":
+            return self._statistics(request, data)
+        if request.phase == "train":
+            return self._train(request, data)
+        return self._evaluate(request, data)
+
+    def _statistics(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
+        stats = data.statistics(self.config.min_count)
+        self._emit("statistics", f"{request.federation_id}/statistics/{self.site_id}.json",
+                   stats.model_dump_json().encode() if stats else b"")
+        logger.info("site %s: statistics computed over %d training rows", self.site_id, data.num_train)
+        return SiteResult(
+            site_id=self.site_id, federation_id=request.federation_id, round=request.round,
+            phase="statistics", num_examples=data.num_train, statistics=stats,
+            contract_report=data.report,
+        )
+
+    def _load_global(self, request: RoundRequest) -> torch.nn.Module:
+        if request.global_model is None:
+            raise ValueError(f"round {request.round}: the request names no global model")
+        manifest, state = get_state(self.store, request.global_model)
+        if manifest.federation_id != request.federation_id or manifest.kind != "global_model":
+            raise ValueError(
+                f"global model {request.global_model!r} belongs to federation {manifest.federation_id!r} "
+                f"(kind {manifest.kind}), not to {request.federation_id!r}"
+            )
+        model = build_model(request.model.name, **request.model.kwargs)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def _train(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
+        data.prepare(request.preprocessing)
+        model = self._load_global(request)
+        generator = torch.Generator().manual_seed(site_seed(request.seed, self.site_id, request.round))
+        result = train_local(model, data, request.training, generator)
+        metrics, withheld = self._releasable({"train_loss": result.mean_loss}, result.num_examples)
+        key_stem = f"{request.federation_id}/round_{request.round:04d}/updates/{self.site_id}"
+        state = {name: tensor for name, tensor in model.state_dict().items()}
+        manifest_key, manifest, payload = put_state(
+            _EgressGuard(self), key_stem, state, kind="site_update",
+            federation_id=request.federation_id, round_number=request.round,
+            model_name=request.model.name, site_id=self.site_id,
+            num_examples=result.num_examples, metrics=metrics,
+        )
+        logger.info(
+            "site %s round %d: trained %d steps on %d examples, update %s",
+            self.site_id, request.round, result.steps, result.num_examples, manifest.payload_sha256[:12],
+        )
+        return SiteResult(
+            site_id=self.site_id, federation_id=request.federation_id, round=request.round, phase="train",
+            num_examples=result.num_examples, metrics=metrics, withheld_metrics=withheld,
+            update=manifest_key, update_sha256=manifest.payload_sha256, update_bytes=len(payload),
+        )
+
+    def _evaluate(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
+        data.prepare(request.preprocessing)
+        model = self._load_global(request)
+        raw = evaluate(model, data)
+        metrics, withheld = self._releasable(raw, data.num_test)
+        self._emit("metrics", f"{request.federation_id}/round_{request.round:04d}/metrics/{self.site_id}.json",
+                   json.dumps(metrics, sort_keys=True).encode())
+        return SiteResult(
+            site_id=self.site_id, federation_id=request.federation_id, round=request.round,
+            phase="evaluate", num_examples=data.num_test, metrics=metrics, withheld_metrics=withheld,
+        )
+
+    def _releasable(self, metrics: dict[str, float], count: int) -> tuple[dict[str, float], list[str]]:
+        """Keep metrics only when computed over at least min_count examples."""
+        if count < self.config.min_count:
+            logger.warning(
+                "site %s: %d metric(s) withheld, computed over %d < min_count=%d examples",
+                self.site_id, len(metrics), count, self.config.min_count,
+            )
+            return {}, sorted(metrics)
+        return {k: v for k, v in metrics.items() if v == v}, sorted(k for k, v in metrics.items() if v != v)
+
+    def _emit(self, kind: str, key: str, data: bytes) -> None:
+        if self.on_egress is not None:
+            self.on_egress(kind, key, data)
+
+
+class _EgressGuard:
+    """Store wrapper that reports every write to the site's egress hook before it happens."""
+
+    def __init__(self, job: SiteJob) -> None:
+        self._job = job
+
+    def put(self, key: str, data: bytes) -> None:
+        self._job._emit("payload" if key.endswith(".safetensors") else "manifest", key, data)
+        self._job.store.put(key, data)
+
+    def get(self, key: str) -> bytes:
+        return self._job.store.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self._job.store.exists(key)
+
+
+def site_seed(seed: int, site_id: str, round_number: int) -> int:
+    """Derive a per-site, per-round seed that does not depend on the order sites run in."""
+    digest = hashlib.sha256(f"{seed}:{site_id}:{round_number}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
