@@ -94,6 +94,8 @@ def read_header(path: Path, *, tolerant: bool = False) -> HeaderRead:
     size = os.path.getsize(path)
     with path.open("rb") as handle:
         part10 = _has_preamble(handle)
+        if not part10 and not _starts_like_dataset(handle):
+            raise InvalidDicomError("file is not DICOM: no Part-10 header and no data set at its start")
         if not part10 and not tolerant:
             raise HeaderlessFileError("file has no 128-byte preamble and DICM prefix (not DICOM Part-10)")
         ds = dcmread(handle, stop_before_pixels=True, force=not part10)
@@ -110,6 +112,17 @@ def inferred_transfer_syntax(ds: Dataset) -> UID:
     if implicit_vr:
         return ImplicitVRLittleEndian
     return ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+
+
+def _starts_like_dataset(handle: BinaryIO) -> bool:
+    """Return whether the file starts with a group 0002 or 0008 element, as header-less DICOM does."""
+    start = handle.read(4)
+    handle.seek(0)
+    if len(start) < 4:
+        return False
+    little_group, _ = struct.unpack("<HH", start)
+    big_group, _ = struct.unpack(">HH", start)
+    return little_group in (0x0002, 0x0008) or big_group in (0x0002, 0x0008)
 
 
 def _has_preamble(handle: BinaryIO) -> bool:

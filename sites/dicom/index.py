@@ -131,16 +131,24 @@ def scan_folder(
     root: Path,
     contract: DicomContract,
     *,
+    subfolder: str = ".",
     workers: int | None = None,
     tolerant: bool = False,
 ) -> DicomIndex:
-    """Index every file under `root` from its header and check it against `contract`.
+    """Index every file under `root / subfolder` from its header and check it against `contract`.
 
-    `workers` defaults to the CPUs this process may use; `tolerant` reads
-    files without the Part-10 header, with the transfer syntax inferred.
+    Paths in the index and the report are relative to `root`, the site's
+    data root. `workers` defaults to the CPUs this process may use;
+    `tolerant` reads files without the Part-10 header, with the transfer
+    syntax inferred.
     """
     root = root.resolve()
-    paths = sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+    folder = (root / subfolder).resolve()
+    if not folder.is_relative_to(root):
+        raise ValueError(f"subfolder {subfolder!r} is outside the data root")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DICOM folder {subfolder!r} not found under the data root")
+    paths = sorted(str(path.relative_to(root)) for path in folder.rglob("*") if path.is_file())
     outcomes = _scan_paths(root, paths, contract, workers=workers, tolerant=tolerant)
     return build_index(root, outcomes, contract)
 

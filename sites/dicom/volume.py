@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medfed.data_contracts.dicom import pixel_spacing
-from medfed.sites.dicom.index import DicomIndex, SeriesEntry
+from medfed.sites.dicom.index import DicomIndex
 from medfed.sites.dicom.pixels import (
     DecodedInstance,
     IngestionError,
@@ -84,7 +84,10 @@ def load_files(
     options: ReadOptions | None = None,
     tolerance_mm: float = 0.01,
 ) -> SeriesVolume:
-    """Decode the files of one series and stack their frames along the slice normal."""
+    """Decode the files of one series and stack their frames along the slice normal.
+
+    An empty `series_uid` accepts any one series; files of several series are rejected.
+    """
     options = options or ReadOptions()
     decoded: list[DecodedInstance] = []
     for relative in sorted(relative_paths):
@@ -92,6 +95,14 @@ def load_files(
             decoded.append(read_instance(root, relative, options))
         except IngestionError as exc:
             raise SeriesIncompleteError(relative, f"series is incomplete: {exc.reason}") from exc
+
+    found_series = {str(instance.dataset.get("SeriesInstanceUID", "")) for instance in decoded}
+    if len(found_series) > 1:
+        raise SeriesIncompleteError(
+            decoded[0].path, f"files belong to {len(found_series)} series; series are never merged"
+        )
+    if series_uid and found_series != {series_uid}:
+        raise SeriesIncompleteError(decoded[0].path, "files do not belong to the requested series")
 
     frames: list[Frame] = []
     geometry_sources: Counter[str] = Counter()
@@ -269,6 +280,8 @@ def stack_frames(
     return values, (slice_spacing, row_spacing, column_spacing), affine
 
 
-def series_items(index: DicomIndex) -> list[SeriesEntry]:
-    """Return the complete series of an index; callers load each one as its own item."""
-    return index.usable_series()
+def load_all_series(
+    index: DicomIndex, options: ReadOptions | None = None, tolerance_mm: float = 0.01
+) -> list[SeriesVolume]:
+    """Load every complete series of an index as its own volume; series are never merged."""
+    return [load_series(index, entry.uid, options, tolerance_mm) for entry in index.usable_series()]
