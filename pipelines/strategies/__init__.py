@@ -11,10 +11,37 @@ from medfed.pipelines.strategies.base import (
     Strategy,
     StrategyConfig,
 )
+from medfed.pipelines.strategies.cyclic import Cyclic
+from medfed.pipelines.strategies.fedadagrad import FedAdagrad
+from medfed.pipelines.strategies.fedadam import FedAdam
 from medfed.pipelines.strategies.fedavg import FedAvg
+from medfed.pipelines.strategies.fedavgm import FedAvgM
+from medfed.pipelines.strategies.fedbn import FedBN
+from medfed.pipelines.strategies.fedprox import FedProx
+from medfed.pipelines.strategies.fedyogi import FedYogi
+from medfed.pipelines.strategies.fine_tuning import LocalFineTuning
+from medfed.pipelines.strategies.krum import Krum
+from medfed.pipelines.strategies.median import Median
+from medfed.pipelines.strategies.scaffold import Scaffold
+from medfed.pipelines.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    FedAvg.name: FedAvg,
+    cls.name: cls
+    for cls in (
+        FedAvg,
+        FedAvgM,
+        FedProx,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        Scaffold,
+        Median,
+        TrimmedMean,
+        Krum,
+        Cyclic,
+        FedBN,
+        LocalFineTuning,
+    )
 }
 
 
@@ -32,6 +59,19 @@ def build_strategy(options: dict[str, Any]) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "AggregationError",
+    "Cyclic",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedBN",
+    "FedProx",
+    "FedYogi",
+    "Krum",
+    "LocalFineTuning",
+    "Median",
+    "Scaffold",
+    "TrimmedMean",
     "SiteTrainingHints",
     "SiteUpdate",
     "Strategy",

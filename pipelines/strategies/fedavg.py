@@ -29,12 +29,15 @@ class WeightedSum:
     Updates are added one at a time, so peak memory is the accumulator plus
     the update being added, whatever the number of sites. Floating tensors
     accumulate in their own dtype; integer tensors accumulate in float64 and
-    are rounded back to their dtype by `mean`.
+    are rounded back to their dtype by `mean`. Each tensor is divided by the
+    weight of the updates that contained it, so a tensor that some sites keep
+    local is the average over the sites that sent it.
     """
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}
+        self._weights: dict[str, float] = {}
         self.total_weight = 0.0
         self.count = 0
 
@@ -42,6 +45,7 @@ class WeightedSum:
         """Forget the sums but keep the buffers, so the next round reuses their memory."""
         for acc in self._sums.values():
             acc.zero_()
+        self._weights.clear()
         self.total_weight = 0.0
         self.count = 0
 
@@ -56,24 +60,33 @@ class WeightedSum:
                 self._sums[name] = acc
                 self._dtypes[name] = tensor.dtype
             acc.add_(tensor.to(acc.dtype), alpha=weight)
+            self._weights[name] = self._weights.get(name, 0.0) + weight
         self.total_weight += weight
         self.count += 1
 
     def mean(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """Return sum / total weight per tensor, integer tensors rounded to their dtype."""
+        """Return sum / weight per tensor added since `reset`, integer tensors rounded to their dtype."""
         if self.total_weight <= 0:
             raise AggregationError(
                 "no site contributed any examples this round, so there is nothing to average"
             )
         out: dict[str, torch.Tensor] = {}
-        for name in names if names is not None else self._sums:
+        for name in names if names is not None else list(self._weights):
             acc = self._sums[name]
-            averaged = acc / self.total_weight
+            averaged = acc / self._weights[name]
             dtype = self._dtypes[name]
             if not dtype.is_floating_point:
                 averaged = torch.round(averaged)
             out[name] = averaged.to(dtype)
         return out
+
+
+def check_num_examples(update: SiteUpdate) -> None:
+    """Raise AggregationError when a site reports a negative number of examples."""
+    if update.num_examples < 0:
+        raise AggregationError(
+            f"site {update.site_id!r} reported num_examples={update.num_examples}; it must be >= 0"
+        )
 
 
 def weighted_average(
@@ -83,12 +96,16 @@ def weighted_average(
     acc = accumulator or WeightedSum()
     acc.reset()
     for update in updates:
-        if update.num_examples < 0:
-            raise AggregationError(
-                f"site {update.site_id!r} reported num_examples={update.num_examples}; it must be >= 0"
-            )
+        check_num_examples(update)
         acc.add(update.tensors, float(update.num_examples))
     return acc.mean()
+
+
+def merge_into_global(
+    global_state: dict[str, torch.Tensor], new_values: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Return the global state with `new_values` applied; tensors no site sent keep their value."""
+    return {name: new_values.get(name, tensor) for name, tensor in global_state.items()}
 
 
 class FedAvg(Strategy):
@@ -106,4 +123,4 @@ class FedAvg(Strategy):
     ) -> dict[str, torch.Tensor]:
         averaged = weighted_average(updates, self._accumulator)
         # Tensors that no site sent (local layers) keep their global value.
-        return {name: averaged.get(name, tensor) for name, tensor in global_state.items()}
+        return merge_into_global(global_state, averaged)
