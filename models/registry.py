@@ -70,3 +70,28 @@ register_model(
         description="Small multilayer perceptron; input: float features (in_features).",
     )
 )
+register_model(
+    ModelSpec(
+        name="densenet121_2d",
+        factory="medfed.models.imaging:densenet121_2d",
+        input_kind="image2d",
+        task="binary_classification",
+        description=(
+            "MONAI DenseNet121, one logit per image; input: float32 (batch, in_channels, height, width), "
+            "intensities scaled to about [0, 1]."
+        ),
+    )
+)
+register_model(
+    ModelSpec(
+        name="unet",
+        factory="medfed.models.imaging:unet",
+        input_kind="image2d",
+        task="segmentation",
+        description=(
+            "MONAI UNet with instance normalisation, one logit map per class; input: float32 "
+            "(batch, in_channels, height, width) with height and width divisible by 8 (three strides of 2); "
+            "spatial_dims=3 takes volumes."
+        ),
+    )
+)
