@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from medfed.sites.control_variates import apply_gradient_correction
 from medfed.sites.datasets import SiteDataset
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,37 @@ class LocalTrainingConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     proximal_mu: float = Field(default=0.0, ge=0, description="FedProx proximal weight; 0 disables it.")
     max_grad_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this L2 norm.")
+    # Set from the strategy's site hints by the centre, not by hand.
+    control_variates: bool = Field(default=False, description="SCAFFOLD: correct gradients by c - c_i.")
+    local_normalisation: bool = Field(default=False, description="FedBN: keep normalisation layers at the site.")
+    local_key_patterns: list[str] = Field(
+        default_factory=list, description="More state-dict keys (fnmatch patterns) kept at the site."
+    )
+    fine_tune_steps: int = Field(default=0, ge=0, description="Steps of local fine-tuning after the last round.")
+    fine_tune_learning_rate: float | None = Field(
+        default=None, gt=0, description="Learning rate of fine-tuning; default: lr."
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> LocalTrainingConfig:
         if self.steps is None and self.epochs is None:
             raise ValueError("set either training.steps or training.epochs")
         return self
+
+    @model_validator(mode="after")
+    def _control_variates_need_sgd(self) -> LocalTrainingConfig:
+        # The control-variate update (x - y) / (K * lr) assumes K steps of plain SGD.
+        if self.control_variates and (self.optimizer != "sgd" or self.momentum != 0 or self.weight_decay != 0):
+            raise ValueError(
+                "SCAFFOLD's control variates need plain SGD: set training.optimizer to 'sgd' with "
+                f"momentum 0 and weight_decay 0 (got {self.optimizer!r}, momentum {self.momentum}, "
+                f"weight_decay {self.weight_decay})"
+            )
+        return self
+
+    @property
+    def keeps_local_layers(self) -> bool:
+        return self.local_normalisation or bool(self.local_key_patterns)
 
     def num_steps(self, num_train: int) -> int:
         if self.epochs is not None:
@@ -71,11 +97,14 @@ def train_local(
     data: SiteDataset,
     config: LocalTrainingConfig,
     generator: torch.Generator,
+    gradient_correction: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` in place on the site's training split and return aggregates.
 
     With `proximal_mu > 0` the loss adds mu/2 * ||w - w_global||^2, where
-    w_global is the model's state on entry (FedProx).
+    w_global is the model's state on entry (FedProx). `gradient_correction`
+    is added to each named parameter's gradient before every step (SCAFFOLD's
+    c - c_i, from `medfed.sites.control_variates`).
     """
     if data.num_train == 0:
         return TrainResult(num_examples=0, steps=0, mean_loss=float("nan"))
@@ -95,6 +124,8 @@ def train_local(
             proximal = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
             loss = loss + 0.5 * config.proximal_mu * proximal
         loss.backward()
+        if gradient_correction is not None:
+            apply_gradient_correction(model, gradient_correction)
         if config.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -133,3 +164,31 @@ def evaluate(model: nn.Module, data: SiteDataset) -> dict[str, float]:
     """Score the model on the site's test split."""
     probabilities, labels = predict_proba(model, data)
     return classification_metrics(probabilities, labels)
+
+
+def fine_tune_and_evaluate(
+    model: nn.Module,
+    data: SiteDataset,
+    config: LocalTrainingConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Score the model, fine-tune it in place for `fine_tune_steps`, and score it again.
+
+    Returns the test metrics prefixed `before_fine_tuning/` and
+    `after_fine_tuning/`. Fine-tuning uses plain local training: no proximal
+    term and no control variates.
+    """
+    before = evaluate(model, data)
+    if config.fine_tune_steps > 0 and data.num_train > 0:
+        tuning = config.model_copy(update={
+            "steps": config.fine_tune_steps,
+            "epochs": None,
+            "lr": config.fine_tune_learning_rate or config.lr,
+            "proximal_mu": 0.0,
+            "control_variates": False,
+        })
+        train_local(model, data, tuning, generator)
+    after = evaluate(model, data)
+    metrics = {f"before_fine_tuning/{name}": value for name, value in before.items()}
+    metrics.update({f"after_fine_tuning/{name}": value for name, value in after.items()})
+    return metrics
