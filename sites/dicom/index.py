@@ -199,6 +199,9 @@ def scan_file(root: Path, relative: str, contract: DicomContract, tolerant: bool
         return FileOutcome(relative, None, [("readable", None)], error_type=type(exc).__name__)
 
     ds = header.dataset
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        # pydicom reads a damaged file as far as it can; without either UID it is no DICOM instance.
+        return FileOutcome(relative, None, [("readable", None)], error_type="NoSOPInstance")
     try:
         violations = check_dataset(ds, contract)
         entry = _entry(relative, ds, header.part10, burned_in=("burned_in_text", None) in violations)
