@@ -12,6 +12,11 @@ app = typer.Typer(help="Write synthetic multi-site data for demos and tests.", n
 console = Console()
 
 
+@app.callback()
+def synth() -> None:
+    """Write synthetic multi-site data for demos and tests."""
+
+
 @app.command("dicom")
 def dicom(
     out: Annotated[Path, typer.Argument(help="Folder to write; each site becomes a subfolder (a data root).")],
