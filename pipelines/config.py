@@ -28,6 +28,29 @@ class TrackingConfig(BaseModel):
     log_round_models: bool = Field(default=True, description="Log each round's global model as an artifact.")
 
 
+class DeployedConfig(BaseModel):
+    """Settings of the deployed shape (Prefect server, site agents, MLflow server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exchange_uri: str | None = Field(
+        default=None,
+        description=(
+            "Exchange store shared with the sites: default the MLflow server's artifact proxy; "
+            "or an fsspec URL such as s3://bucket/prefix (the sites' exchange_uri must name the same store)."
+        ),
+    )
+    poll_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="Seconds between the centre's checks of the sites' flow runs."
+    )
+    pools: dict[str, str] = Field(
+        default_factory=dict, description="Work pool per site id, where a site does not use 'medfed-<site_id>'."
+    )
+    central_pool: str = Field(
+        default="medfed-central", description="Work pool of the central deployment (for `prefect deployment run`)."
+    )
+
+
 class BaselineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +80,7 @@ class ExperimentConfig(BaseModel):
     workdir: Path = Field(default=Path(".medfed/runs"), description="Exchange store and local outputs.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    deployed: DeployedConfig = Field(default_factory=DeployedConfig)
 
     @field_validator("study")
     @classmethod

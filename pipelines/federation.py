@@ -24,7 +24,19 @@ from medfed.pipelines.config import ExperimentConfig
 from medfed.pipelines.dispatch import EmbeddedDispatcher, SiteDispatcher, SiteFailure
 from medfed.pipelines.model_logging import log_final_model
 from medfed.pipelines.plots import accuracy_plot
-from medfed.pipelines.strategies import AggregationError, SiteUpdate, Strategy, build_strategy
+from medfed.pipelines.strategies import (
+    AggregationError,
+    SiteTrainingHints,
+    SiteUpdate,
+    Strategy,
+    build_strategy,
+)
+from medfed.pipelines.strategy_support import (
+    local_keys_for,
+    publish_server_payloads,
+    read_control_variate_change,
+    site_training_config,
+)
 from medfed.pipelines.tracking import RunLogger, flatten, local_artifact_root
 from medfed.sites.exchange import ExchangeError, validate_update
 from medfed.sites.exchange_store import ExchangeStore, LocalFolderStore, get_state, put_state
@@ -127,11 +139,12 @@ def _run_rounds(
     federation_id: str,
     site_ids: list[str],
 ) -> dict:
+    hints = strategy.site_hints()
     base = RoundRequest(
         federation_id=federation_id, round=0, phase="statistics", model=config.model, data=config.data,
-        training=config.training.model_copy(update={"proximal_mu": strategy.site_hints().proximal_mu}),
-        seed=config.seed,
+        training=site_training_config(config.training, hints), seed=config.seed,
     )
+    local_keys = local_keys_for(config.model, hints)
 
     # Phase 1: contract validation and federated preprocessing statistics.
     outcomes = dispatcher.dispatch({s: base for s in site_ids}, config.round_timeout_s)
@@ -159,14 +172,19 @@ def _run_rounds(
     records: list[RoundRecord] = []
     site_metrics: dict[str, dict[str, float]] = {}
     for round_number in range(1, config.rounds + 1):
+        control_variate_key = publish_server_payloads(
+            store, strategy, federation_id=federation_id, round_number=round_number, model_name=config.model.name,
+        )
         train_request = base.model_copy(update={
             "round": round_number, "phase": "train", "global_model": global_key, "preprocessing": plan,
+            "control_variate": control_variate_key,
         })
-        outcomes = dispatcher.dispatch({s: train_request for s in site_ids}, config.round_timeout_s)
+        round_sites = strategy.select_sites(round_number, site_ids)
+        outcomes = dispatcher.dispatch({s: train_request for s in round_sites}, config.round_timeout_s)
         results, dropped = _split_outcomes(outcomes)
         accepted: list[str] = []
         updates = _valid_updates(results, dropped, accepted, store, global_state, config, federation_id,
-                                 round_number)
+                                 round_number, local_keys=local_keys, hints=hints)
         try:
             candidate = strategy.aggregate(global_state, updates)
         except AggregationError:
@@ -199,6 +217,20 @@ def _run_rounds(
         logger.info("round %d/%d done: accuracy_mean=%.4f, %d site(s) aggregated", round_number,
                     config.rounds, metrics.get("accuracy_mean", float("nan")), len(accepted))
 
+    # Phase 3 (personalisation): each site fine-tunes the final model and reports before and after.
+    if hints.fine_tune_steps > 0:
+        tune_request = base.model_copy(update={
+            "round": config.rounds, "phase": "fine_tune", "global_model": global_key, "preprocessing": plan,
+        })
+        tuned, tune_failures = _split_outcomes(dispatcher.dispatch({s: tune_request for s in site_ids},
+                                                                   config.round_timeout_s))
+        for site_id, reason in sorted(tune_failures.items()):
+            logger.warning("fine-tuning: site %s left out: %s", site_id, reason)
+        tracker.log_metrics({f"site/{s}/{name}": value for s, r in tuned.items() for name, value in r.metrics.items()},
+                            step=config.rounds)
+        for site_id, result in tuned.items():
+            site_metrics.setdefault(site_id, {}).update(result.metrics)
+
     return {"rounds": records, "site_metrics": site_metrics, "preprocessing": plan, "state": global_state}
 
 
@@ -226,6 +258,9 @@ def _valid_updates(
     config: ExperimentConfig,
     federation_id: str,
     round_number: int,
+    *,
+    local_keys: frozenset[str] = frozenset(),
+    hints: SiteTrainingHints | None = None,
 ) -> Iterator[SiteUpdate]:
     """Load and check each update, one at a time; a rejected one is recorded in `dropped`."""
     for site_id in sorted(results):
@@ -237,13 +272,18 @@ def _valid_updates(
             if manifest.payload_sha256 != result.update_sha256:
                 raise ExchangeError("update sha256 differs from the one the site reported", site_id=site_id)
             validate_update(manifest, tensors, reference=global_state, federation_id=federation_id,
-                            round_number=round_number, site_id=site_id, max_norm=config.max_update_norm)
+                            round_number=round_number, site_id=site_id, max_norm=config.max_update_norm,
+                            allow_missing=local_keys)
+            control_variate_change = read_control_variate_change(
+                store, result, global_state=global_state, federation_id=federation_id,
+                round_number=round_number, hints=hints or SiteTrainingHints(),
+            )
         except (ExchangeError, FileNotFoundError) as exc:
             dropped[site_id] = f"update rejected: {exc}"
             continue
         accepted.append(site_id)
         yield SiteUpdate(site_id=site_id, num_examples=manifest.num_examples, tensors=tensors,
-                         metrics=manifest.metrics)
+                         metrics=manifest.metrics, control_variate_delta=control_variate_change)
 
 
 def _round_metrics(
@@ -261,7 +301,9 @@ def _round_metrics(
                 metrics[f"site/{site_id}/{name}"] = value
         if site_id in evaluations:
             for name, value in evaluations[site_id].metrics.items():
-                metrics[f"site/{site_id}/{name}"] = value
+                # num_examples names the training split; the test split's size is test_examples.
+                label = "test_examples" if name == "num_examples" else name
+                metrics[f"site/{site_id}/{label}"] = value
     for name in ("accuracy", "auc", "loss"):
         values = [r.metrics[name] for r in evaluations.values() if name in r.metrics]
         if values:

@@ -9,12 +9,15 @@ mean leave the site: only sums, and only over at least `min_count` values.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
 
 
 class TabularFeatures(BaseModel):
@@ -77,6 +80,7 @@ class PreprocessingPlan(BaseModel):
     stds: dict[str, float]
     num_rows: int
     sites: list[str]
+    empty_columns: list[str] = Field(default_factory=list, description="columns no site could share")
 
 
 def site_statistics(frame: pd.DataFrame, features: TabularFeatures, *, site_id: str, min_count: int) -> SiteStatistics:
@@ -107,15 +111,17 @@ def merge_statistics(stats: list[SiteStatistics], features: TabularFeatures) -> 
     """Add the sites' sums into global means and standard deviations (population form)."""
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
+    empty: list[str] = []
     for column in [*features.numeric, *features.binary]:
         count = sum(s.columns[column].count for s in stats if column in s.columns)
         total = sum(s.columns[column].total for s in stats if column in s.columns)
         squares = sum(s.columns[column].total_squares for s in stats if column in s.columns)
         if count == 0:
-            raise ValueError(
-                f"column {column!r} has no values at any site above min_count; "
-                "drop it from the experiment's features"
-            )
+            # No site could share this column: it becomes a constant 0 input.
+            logger.warning("column %s has no values above min_count at any site; it is encoded as 0", column)
+            empty.append(column)
+            means[column], stds[column] = 0.0, 1.0
+            continue
         mean = total / count
         variance = max(squares / count - mean**2, 0.0)
         means[column] = mean
@@ -126,6 +132,7 @@ def merge_statistics(stats: list[SiteStatistics], features: TabularFeatures) -> 
         stds=stds,
         num_rows=sum(s.num_rows for s in stats),
         sites=sorted(s.site_id for s in stats),
+        empty_columns=empty,
     )
 
 

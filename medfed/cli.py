@@ -1,0 +1,168 @@
+"""The `medfed` command line.
+
+Heavy libraries (Prefect, MLflow, torch, MONAI) are imported inside the
+commands that need them, so `medfed --help` and `medfed site check` start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+
+import medfed
+
+app = typer.Typer(
+    name="medfed",
+    help="Federated learning across hospitals: run federations, check and operate sites.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+site_app = typer.Typer(help="Commands hospital IT runs at a site.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+
+console = Console()
+logger = logging.getLogger("medfed.cli")
+
+DEMO_EXPERIMENT = Path(medfed.__file__).resolve().parent.parent / "examples" / "heart_disease" / "experiment.yaml"
+
+
+def _configure_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "prefect", "alembic", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.", exists=True, dir_okay=False)],
+    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the experiment seed.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a SQLite file in the workdir).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Folder for the exchange store and local MLflow files.")] = None,
+    baselines: Annotated[bool, typer.Option(help="Also train the pooled and per-site baselines.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every lifecycle step.")] = False,
+) -> None:
+    """Run a federation in the embedded shape and print the final table."""
+    _configure_logging(verbose)
+    from medfed.pipelines.config import load_experiment
+
+    overrides: dict[str, Any] = {"rounds": rounds, "seed": seed, "workdir": str(workdir) if workdir else None}
+    config = load_experiment(experiment, overrides)
+    if tracking_uri:
+        config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"uri": tracking_uri})})
+    if not baselines:
+        config = config.model_copy(update={"baselines": config.baselines.model_copy(update={"pooled": False, "local": False})})
+    _run_embedded(config)
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the experiment seed.")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Folder for the exchange store and local MLflow files.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the four-hospital heart-disease federation on the bundled data."""
+    if not DEMO_EXPERIMENT.is_file():
+        console.print(f"[red]The demo experiment {DEMO_EXPERIMENT} is missing; run the demo from a medfed checkout.")
+        raise typer.Exit(2)
+    run(DEMO_EXPERIMENT, rounds=rounds, seed=seed, tracking_uri=None, workdir=workdir, baselines=True,
+        verbose=verbose)
+
+
+def _run_embedded(config) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medfed.pipelines import progress as round_progress
+    from medfed.pipelines.baselines import run_baselines
+    from medfed.pipelines.federation import federation_flow, new_federation_id
+    from medfed.pipelines.tracking import local_artifact_root
+
+    federation_id = new_federation_id(config.study)
+    console.print(f"Federation [bold]{federation_id}[/]: {len(config.sites)} sites, {config.rounds} rounds, "
+                  f"strategy {config.strategy.get('name', 'fedavg')}")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("rounds", total=config.rounds, status="starting sites")
+
+        def on_round(event: round_progress.RoundEvent) -> None:
+            status = f"accuracy_mean {event.metrics.get('accuracy_mean', float('nan')):.3f}"
+            if event.dropped:
+                status += f", left out: {', '.join(sorted(event.dropped))}"
+            bar.update(task, completed=event.round, status=status)
+
+        round_progress.add_listener(on_round)
+        try:
+            summary = federation_flow(config, federation_id=federation_id)
+        finally:
+            round_progress.remove_listener(on_round)
+
+    rows: dict[str, dict[str, float]] = {"federated": {
+        **{f"site/{s}/{k}": v for s, m in summary.site_metrics.items() for k, v in m.items()},
+        **{k: v for k, v in summary.rounds[-1].metrics.items() if k.endswith("_mean")},
+    }}
+    if config.baselines.pooled or config.baselines.local:
+        console.print("Training baselines (pooled and each site alone) for comparison...")
+        workdir = config.workdir.resolve()
+        rows.update(run_baselines(config, federation_id, summary.tracking_uri,
+                                  local_artifact_root(summary.tracking_uri, workdir)))
+    console.print(results_table(rows, summary.site_ids))
+    console.print(f"MLflow run {summary.run_id} in experiment '{config.study}' at {summary.tracking_uri}")
+    if summary.registered_version:
+        console.print(f"Registered model '{summary.registered_model}' version {summary.registered_version}")
+    if summary.tracking_uri.startswith("sqlite:"):
+        console.print(f"Open the UI: mlflow ui --backend-store-uri {summary.tracking_uri}")
+
+
+def results_table(rows: dict[str, dict[str, float]], site_ids: list[str]) -> Group:
+    """Final tables: test accuracy and AUC per site and their mean, for each training setup."""
+    tables = []
+    for metric, title in (("accuracy", "Test accuracy"), ("auc", "Test AUC")):
+        table = Table(title=f"{title} of the final model on each site's test split")
+        table.add_column("trained as")
+        for site_id in site_ids:
+            table.add_column(site_id, justify="right")
+        table.add_column("mean", justify="right", style="bold")
+        for label, metrics in rows.items():
+            cells = [metrics.get(f"site/{s}/{metric}") for s in site_ids] + [metrics.get(f"{metric}_mean")]
+            table.add_row(label, *("-" if v is None else f"{v:.3f}" for v in cells))
+        tables.append(table)
+    return Group(*tables)
+
+
+@site_app.command("check")
+def site_check(
+    site_config: Annotated[Path, typer.Argument(help="Site YAML file.", exists=True, dir_okay=False)],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Validate a site's config and data against their contracts; exit 1 when not ready."""
+    _configure_logging(verbose)
+    from medfed.sites.check import check_site, render_check
+
+    outcome = check_site(site_config)
+    render_check(outcome, console)
+    raise typer.Exit(0 if outcome.ready else 1)
+
+
+try:  # The DICOM generator lives in its own module; mount it when present.
+    from medfed.cli_synth import app as synth_app
+
+    app.add_typer(synth_app, name="synth", help="Write synthetic multi-site data for demos and tests.")
+except ImportError:  # pragma: no cover - only while that module is absent
+    pass
+
+
+if __name__ == "__main__":
+    app()

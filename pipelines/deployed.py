@@ -1,0 +1,211 @@
+"""The deployed shape: a Prefect server, one site agent per hospital, an MLflow tracking server.
+
+The central flow reaches a site only through a flow run of that site's
+deployment (`site-round/<site_id>`) on the site's own work pool. The site
+agent picks it up, works, and writes its result JSON to the exchange store;
+the centre waits for the flow run to finish within the round's deadline and
+then reads the result from the store. A site that fails, or does not finish
+in time, becomes a `SiteFailure` with the reason and is asked again next round.
+
+`deploy` registers the site deployments and the central deployment;
+`deployed_federation_flow` is the central flow, the same `run_federation`
+as the embedded shape with a different dispatcher and store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from uuid import UUID
+
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
+from prefect.utilities.callables import parameter_schema
+from pydantic import ValidationError
+
+from medfed.pipelines.config import ExperimentConfig
+from medfed.pipelines.dispatch import SiteFailure
+from medfed.pipelines.federation import FederationSummary, new_federation_id, run_federation
+from medfed.sites.agent import WORKER_TYPE
+from medfed.sites.exchange_store import ExchangeStore
+from medfed.sites.flows import SITE_ROUND_FLOW, site_round
+from medfed.sites.job import RoundRequest, SiteResult, result_key
+from medfed.sites.remote_store import open_store
+
+logger = logging.getLogger(__name__)
+
+CENTRAL_FLOW = "medfed-federation-deployed"
+# Largest result JSON the centre reads from a site; a result carries counts,
+# metrics and a contract report, never tensors, so this is generous.
+MAX_RESULT_BYTES = 16 * 1024**2
+
+
+def site_pool(config: ExperimentConfig, site_id: str) -> str:
+    """Return the work pool of `site_id`: the experiment's override, else 'medfed-<site_id>'."""
+    return config.deployed.pools.get(site_id, f"medfed-{site_id}")
+
+
+class DeployedDispatcher:
+    """Send each round request as a flow run to the site's deployment and wait for it."""
+
+    def __init__(self, site_ids: list[str], store: ExchangeStore, client: SyncPrefectClient,
+                 *, poll_interval_s: float = 0.2) -> None:
+        if len(set(site_ids)) != len(site_ids):
+            raise ValueError(f"site ids {site_ids} contain a duplicate")
+        self._site_ids = sorted(site_ids)
+        self.store = store
+        self.client = client
+        self.poll_interval_s = poll_interval_s
+        self._deployments: dict[str, UUID] = {}
+
+    @property
+    def site_ids(self) -> list[str]:
+        return self._site_ids
+
+    def _deployment_id(self, site_id: str) -> UUID:
+        if site_id not in self._deployments:
+            name = f"{SITE_ROUND_FLOW}/{site_id}"
+            try:
+                self._deployments[site_id] = self.client.read_deployment_by_name(name).id
+            except ObjectNotFound as exc:
+                raise ValueError(
+                    f"deployment {name!r} not found on the Prefect server; run `medfed deploy EXPERIMENT.yaml`"
+                ) from exc
+        return self._deployments[site_id]
+
+    def dispatch(
+        self, requests: dict[str, RoundRequest], timeout_s: float
+    ) -> dict[str, SiteResult | SiteFailure]:
+        deadline = time.monotonic() + timeout_s
+        outcomes: dict[str, SiteResult | SiteFailure] = {}
+        runs: dict[UUID, tuple[str, RoundRequest]] = {}
+        for site_id, request in sorted(requests.items()):
+            try:
+                run = self.client.create_flow_run_from_deployment(
+                    self._deployment_id(site_id),
+                    parameters={"request": request.model_dump(mode="json")},
+                    name=f"{request.phase}-{site_id}-round-{request.round}",
+                    tags=[f"federation:{request.federation_id}"],
+                )
+            except (ValueError, ObjectNotFound) as exc:
+                outcomes[site_id] = SiteFailure(site_id, str(exc))
+                continue
+            runs[run.id] = (site_id, request)
+
+        while runs and time.monotonic() < deadline:
+            for run in self._read_runs(list(runs)):
+                if run.state is None or not run.state.is_final():
+                    continue
+                site_id, request = runs.pop(run.id)
+                outcomes[site_id] = self._outcome(site_id, request, run)
+            if runs:
+                time.sleep(self.poll_interval_s)
+
+        for run_id, (site_id, request) in runs.items():
+            run = self.client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():  # finished between the last poll and now
+                outcomes[site_id] = self._outcome(site_id, request, run)
+                continue
+            state = run.state.type.value if run.state else "UNKNOWN"
+            self._cancel(run_id)
+            hint = " (is the site agent running?)" if state in ("SCHEDULED", "PENDING") else ""
+            outcomes[site_id] = SiteFailure(
+                site_id, f"missed the {timeout_s:g} s deadline; its flow run was {state}{hint}"
+            )
+        return outcomes
+
+    def _read_runs(self, ids: list[UUID]) -> list[FlowRun]:
+        return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+
+    def _outcome(self, site_id: str, request: RoundRequest, run: FlowRun) -> SiteResult | SiteFailure:
+        state = run.state
+        assert state is not None
+        if not state.is_completed():
+            return SiteFailure(site_id, f"flow run {run.name} ended {state.type.value}: {state.message or ''}".strip())
+        key = result_key(request, site_id)
+        try:
+            data = self.store.get(key)
+            if len(data) > MAX_RESULT_BYTES:
+                raise ValueError(f"result of {len(data)} bytes exceeds {MAX_RESULT_BYTES}")
+            result = SiteResult.model_validate_json(data)
+        except (FileNotFoundError, OSError, ValueError, ValidationError) as exc:
+            return SiteFailure(site_id, f"result {key!r} unusable: {type(exc).__name__}: {exc}"[:2000])
+        expected = (site_id, request.federation_id, request.round, request.phase)
+        got = (result.site_id, result.federation_id, result.round, result.phase)
+        if got != expected:
+            return SiteFailure(site_id, f"result {key!r} is for {got}, expected {expected}")
+        return result
+
+    def _cancel(self, run_id: UUID) -> None:
+        """Cancel a flow run that missed the deadline, so that no agent picks it up late."""
+        try:
+            self.client.set_flow_run_state(run_id, Cancelled(message="missed the round deadline"), force=True)
+        except Exception as exc:  # a cancel that fails leaves the run to Prefect; the round goes on
+            logger.warning("could not cancel late flow run %s: %s", run_id, exc)
+
+
+@flow(name=CENTRAL_FLOW, persist_result=False, log_prints=False)
+def deployed_federation_flow(config: ExperimentConfig, federation_id: str | None = None) -> FederationSummary:
+    """Run a federation whose sites are site agents reached through the Prefect server."""
+    federation_id = federation_id or new_federation_id(config.study)
+    tracking_uri = config.tracking_uri()
+    store = open_store(config.deployed.exchange_uri, tracking_uri=tracking_uri)
+    with get_client(sync_client=True) as client:
+        dispatcher = DeployedDispatcher(config.sites, store, client,
+                                        poll_interval_s=config.deployed.poll_interval_s)
+        return run_federation(config, dispatcher, store, federation_id=federation_id,
+                              tracking_uri=tracking_uri, artifact_root=None)
+
+
+def deploy(config: ExperimentConfig) -> dict[str, str]:
+    """Register the site deployments and the central deployment; return deployment name -> work pool.
+
+    Creates each site's work pool (type medfed-site) when its agent has not
+    created it yet, and the central pool (type process) for
+    `prefect deployment run`. Registering again updates the deployments.
+    """
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from medfed.sites.agent import SiteAgentWorker
+
+    registered: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        site_flow_id = client.create_flow(site_round)
+        schema = parameter_schema(site_round.fn).model_dump_for_openapi()
+        for site_id in config.sites:
+            pool = site_pool(config, site_id)
+            _ensure_pool(client, WorkPoolCreate(
+                name=pool, type=WORKER_TYPE, base_job_template=SiteAgentWorker.get_default_base_job_template(),
+            ))
+            client.create_deployment(
+                site_flow_id, site_id, work_pool_name=pool, entrypoint=f"medfed.sites.flows:{site_round.fn.__name__}",
+                parameter_openapi_schema=schema, enforce_parameter_schema=True, pull_steps=[],
+                description=f"Round requests for site {site_id}; served by its site agent only.",
+            )
+            registered[f"{SITE_ROUND_FLOW}/{site_id}"] = pool
+
+        central_flow_id = client.create_flow(deployed_federation_flow)
+        _ensure_pool(client, WorkPoolCreate(name=config.deployed.central_pool, type="process"))
+        client.create_deployment(
+            central_flow_id, config.study, work_pool_name=config.deployed.central_pool,
+            entrypoint=f"medfed.pipelines.deployed:{deployed_federation_flow.fn.__name__}",
+            parameters={"config": config.model_dump(mode="json")}, pull_steps=[],
+            description=f"Federation of study {config.study} over sites {', '.join(config.sites)}.",
+        )
+        registered[f"{CENTRAL_FLOW}/{config.study}"] = config.deployed.central_pool
+    for name, pool in registered.items():
+        logger.info("deployment %s registered on work pool %s", name, pool)
+    return registered
+
+
+def _ensure_pool(client: SyncPrefectClient, pool: object) -> None:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_pool(pool)  # type: ignore[arg-type]
+    except ObjectAlreadyExists:
+        pass

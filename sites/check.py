@@ -1,0 +1,109 @@
+"""Site readiness: is the config valid and does each dataset meet its contract?
+
+The report names files relative to the data root, columns by name and rows
+by number; it never shows a data value.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from medfed.data_contracts.report import ContractReport
+from medfed.data_contracts.tabular import ContractViolation, load_contract, validate_file
+from medfed.sites.config import SiteConfig, load_site_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckItem:
+    name: str
+    ready: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class SiteCheck:
+    config_path: Path
+    config: SiteConfig | None = None
+    items: list[CheckItem] = field(default_factory=list)
+    reports: list[ContractReport] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return all(item.ready for item in self.items)
+
+
+def check_site(config_path: Path) -> SiteCheck:
+    """Run every readiness check that needs no server."""
+    outcome = SiteCheck(config_path=config_path)
+    try:
+        config = load_site_config(config_path)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        outcome.items.append(CheckItem("site config", False, str(exc), "fix the YAML file and run the check again"))
+        return outcome
+    outcome.config = config
+    outcome.items.append(CheckItem("site config", True, f"site {config.site_id}, {len(config.datasets)} dataset(s)"))
+    if not config.data_root.is_dir():
+        outcome.items.append(CheckItem("data root", False, f"{config.data_root} is not a folder",
+                                       "set data_root to the folder that holds the site's data"))
+        return outcome
+    for binding in config.datasets:
+        outcome.items.append(_check_dataset(config, binding.name, outcome.reports))
+    return outcome
+
+
+def _check_dataset(config: SiteConfig, name: str, reports: list[ContractReport]) -> CheckItem:
+    label = f"dataset {name}"
+    binding = config.dataset(name)
+    try:
+        contract = load_contract(binding.contract)
+        path = config.dataset_path(name)
+    except (FileNotFoundError, ValueError, ValidationError) as exc:
+        return CheckItem(label, False, str(exc), "fix the dataset's contract or path in the site config")
+    if not path.is_file():
+        return CheckItem(label, False, f"{binding.path} not found under the data root",
+                         "copy the export there or fix the path")
+    try:
+        table = validate_file(path, contract, data_root=config.data_root, policy=config.policy)
+    except ContractViolation as exc:
+        reports.append(exc.report)
+        return CheckItem(label, False, f"{exc.report.source} breaks contract {contract.name} {contract.version}",
+                         "fix the rows listed below, or set policy: drop to train without them")
+    reports.append(table.report)
+    dropped = table.report.rows_read - table.report.rows_kept
+    detail = f"{table.report.rows_kept} of {table.report.rows_read} rows usable under contract {contract.name} {contract.version}"
+    if dropped:
+        detail += f" ({dropped} dropped by policy drop)"
+    return CheckItem(label, True, detail)
+
+
+def render_check(outcome: SiteCheck, console: Console) -> None:
+    """Print the readiness table and one table per contract report."""
+    summary = Table(title=f"Readiness of {outcome.config_path}")
+    summary.add_column("check")
+    summary.add_column("status")
+    summary.add_column("detail")
+    summary.add_column("how to fix")
+    for item in outcome.items:
+        summary.add_row(item.name, "[green]ready" if item.ready else "[red]not ready", item.detail, item.fix)
+    console.print(summary)
+    for report in outcome.reports:
+        table = Table(title=f"{report.source}: contract {report.contract} {report.contract_version}, "
+                            f"policy {report.policy}")
+        for column in ("rule", "column", "result", "count", "rows"):
+            table.add_column(column)
+        for result in report.results:
+            status = "pass" if result.passed else ("[red]FAIL" if result.severity == "error" else "[yellow]warn")
+            if result.passed and result.count:
+                status = "note"
+            table.add_row(result.rule, result.column or "-", status, str(result.count), result.locations())
+        console.print(table)
+    console.print("[green]Site is ready." if outcome.ready else "[red]Site is not ready: see the tables above.")
