@@ -45,10 +45,13 @@ class PixelDataExtent:
     declared: int | None  # the element's length field; None when encapsulated
     present: int  # bytes of the element's value that are in the file
     expected: int | None  # bytes the image attributes require; None when encapsulated
+    items_complete: bool = True  # encapsulated only: every item and the delimiter are in the file
 
     @property
     def complete(self) -> bool:
-        if self.encapsulated or self.expected is None:
+        if self.encapsulated:
+            return self.items_complete
+        if self.expected is None:
             return True
         return self.present >= self.expected
 
@@ -106,6 +109,25 @@ def read_header(path: Path, *, tolerant: bool = False) -> HeaderRead:
     return HeaderRead(dataset=ds, part10=part10, pixels=pixels)
 
 
+def _encapsulated_items_complete(handle: BinaryIO, start: int, size: int, order: str) -> bool:
+    """Walk the item headers of encapsulated pixel data, seeking past each fragment, up to the delimiter.
+
+    Returns False when an item runs past the end of the file or the
+    sequence delimiter is missing, so truncated compressed files are found
+    without reading their fragments.
+    """
+    position = start
+    while position + 8 <= size:
+        handle.seek(position)
+        group, element, length = struct.unpack(order + "HHI", handle.read(8))
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return True
+        if (group, element) != (0xFFFE, 0xE000) or length == UNDEFINED_LENGTH:
+            return False
+        position += 8 + length
+    return False
+
+
 def inferred_transfer_syntax(ds: Dataset) -> UID:
     """Return the transfer syntax pydicom inferred while reading a file without file meta."""
     implicit_vr, little_endian = ds.original_encoding
@@ -160,7 +182,9 @@ def _measure_pixel_data(handle: BinaryIO, ds: Dataset, position: int, size: int)
 
     present = max(0, size - value_start)
     if length == UNDEFINED_LENGTH:
-        return PixelDataExtent(encapsulated=True, declared=None, present=present, expected=None)
+        complete = _encapsulated_items_complete(handle, value_start, size, order)
+        return PixelDataExtent(encapsulated=True, declared=None, present=present, expected=None,
+                               items_complete=complete)
     try:
         expected = expected_pixel_bytes(ds)
     except (AttributeError, TypeError, ValueError):

@@ -158,6 +158,8 @@ def _read_dataset(path: Path, relative: str, options: ReadOptions, notes: dict[s
 
 def _check_image_attributes(ds: Dataset, relative: str) -> None:
     missing = [keyword for keyword in ("Rows", "Columns", "BitsAllocated", "PixelData") if keyword not in ds]
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        raise IngestionError(relative, "no data set could be read after the file meta; the file is truncated or corrupt")
     if missing:
         raise UnsupportedImageError(relative, f"missing {missing}; not an image")
     photometric = ds.get("PhotometricInterpretation")
