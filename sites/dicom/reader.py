@@ -1,8 +1,9 @@
 """A MONAI ImageReader that loads DICOM series through medfed's checked ingestion.
 
-`load_image()` returns a MONAI `LoadImage` that uses only this reader. (A
-plain `LoadImage(reader=MedfedDicomReader())` falls back to MONAI's own
-readers when this one raises, and those merge series.) On a folder it
+`load_image()` returns a MONAI `LoadImage` that uses only this reader and
+lets its errors through. (A plain `LoadImage(reader=MedfedDicomReader())`
+falls back to MONAI's own readers when this one raises, and those merge
+series.) On a folder it
 returns the folder's one series as a MetaTensor in MONAI's usual layout: spatial axes (column, row,
 slice), no channel dimension unless `ensure_channel_first`, and the affine in
 RAS (or LPS with `affine_lps_to_ras=False`). Everything after loading is
@@ -106,9 +107,18 @@ def _common_parts(paths: list[Path]) -> tuple[str, ...]:
     return tuple(common)
 
 
+class MedfedLoadImage(LoadImage):
+    """LoadImage that always calls its medfed reader directly, so its errors reach the caller unchanged."""
+
+    def __init__(self, reader: MedfedDicomReader, *, ensure_channel_first: bool = True) -> None:
+        super().__init__(reader=reader, image_only=True, ensure_channel_first=ensure_channel_first)
+        self.readers = [reader]
+        self.medfed_reader = reader
+
+    def __call__(self, filename, reader=None):  # type: ignore[no-untyped-def, override]
+        return super().__call__(filename, reader=reader or self.medfed_reader)
+
+
 def load_image(reader: MedfedDicomReader | None = None, *, ensure_channel_first: bool = True) -> LoadImage:
-    """Return a MONAI LoadImage whose only reader is `reader`, so a rejected series raises."""
-    reader = reader or MedfedDicomReader()
-    loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=ensure_channel_first)
-    loader.readers = [reader]
-    return loader
+    """Return a MONAI LoadImage that reads only with `reader` and raises its IngestionErrors unchanged."""
+    return MedfedLoadImage(reader or MedfedDicomReader(), ensure_channel_first=ensure_channel_first)
