@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -16,14 +18,29 @@ class LogisticRegression(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, hidden: int = 32, dropout: float = 0.1) -> None:
+    """Linear, optional normalisation, ReLU, dropout, linear.
+
+    `normalization` adds BatchNorm1d ("batch") or LayerNorm ("layer") after
+    the first layer; FedBN keeps that layer at each site.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int = 32,
+        dropout: float = 0.1,
+        normalization: Literal["batch", "layer"] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 1),
-        )
+        layers: list[nn.Module] = [nn.Linear(in_features, hidden)]
+        if normalization == "batch":
+            layers.append(nn.BatchNorm1d(hidden))
+        elif normalization == "layer":
+            layers.append(nn.LayerNorm(hidden))
+        elif normalization is not None:
+            raise ValueError(f"normalization must be 'batch', 'layer' or None, got {normalization!r}")
+        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)

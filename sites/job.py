@@ -25,11 +25,12 @@ from medfed.sites.config import SiteConfig
 from medfed.sites.datasets import DataSpec, SiteDataset, open_dataset
 from medfed.sites.exchange_store import ExchangeStore, get_state, put_state
 from medfed.sites.preprocessing import PreprocessingPlan, SiteStatistics
-from medfed.sites.training import LocalTrainingConfig, evaluate, train_local
+from medfed.sites.strategy_hooks import StrategyHooks
+from medfed.sites.training import LocalTrainingConfig, evaluate, fine_tune_and_evaluate, train_local
 
 logger = logging.getLogger(__name__)
 
-Phase = Literal["statistics", "train", "evaluate"]
+Phase = Literal["statistics", "train", "evaluate", "fine_tune"]
 
 
 class ModelRequest(BaseModel):
@@ -53,6 +54,9 @@ class RoundRequest(BaseModel):
     seed: int = 0
     global_model: str | None = Field(default=None, description="Store key of the global model's manifest.")
     preprocessing: PreprocessingPlan | None = None
+    control_variate: str | None = Field(
+        default=None, description="Store key of the centre's SCAFFOLD control-variate manifest."
+    )
 
 
 class SiteResult(BaseModel):
@@ -68,6 +72,9 @@ class SiteResult(BaseModel):
     update: str | None = None
     update_sha256: str | None = None
     update_bytes: int | None = None
+    control_variate: str | None = Field(
+        default=None, description="Store key of the manifest of this site's SCAFFOLD control-variate change."
+    )
     statistics: SiteStatistics | None = None
     contract_report: ContractReport | None = None
 
@@ -117,6 +124,8 @@ class SiteJob:
             return self._statistics(request, data)
         if request.phase == "train":
             return self._train(request, data)
+        if request.phase == "fine_tune":
+            return self._fine_tune(request, data)
         return self._evaluate(request, data)
 
     def _statistics(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
@@ -146,11 +155,23 @@ class SiteJob:
     def _train(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
         data.prepare(request.preprocessing)
         model = self._load_global(request)
+        hooks = self._strategy_hooks(request)
+        hooks.prepare(model)
         generator = torch.Generator().manual_seed(site_seed(request.seed, self.site_id, request.round))
-        result = train_local(model, data, request.training, generator)
+        result = train_local(model, data, request.training, generator, hooks.gradient_correction)
         metrics, withheld = self._releasable({"train_loss": result.mean_loss}, result.num_examples)
         key_stem = f"{request.federation_id}/round_{request.round:04d}/updates/{self.site_id}"
-        state = {name: tensor for name, tensor in model.state_dict().items()}
+        # Local layers (FedBN) stay in the site's state folder, out of the payload.
+        output = hooks.finish(model, result)
+        state = output.shared_state
+        control_variate_key = None
+        if output.control_variate_change is not None:
+            control_variate_key, _, _ = put_state(
+                _EgressGuard(self), f"{request.federation_id}/round_{request.round:04d}/control_variates/"
+                f"{self.site_id}", output.control_variate_change, kind="control_variate",
+                federation_id=request.federation_id, round_number=request.round,
+                model_name=request.model.name, site_id=self.site_id, num_examples=result.num_examples,
+            )
         manifest_key, manifest, payload = put_state(
             _EgressGuard(self), key_stem, state, kind="site_update",
             federation_id=request.federation_id, round_number=request.round,
@@ -165,11 +186,34 @@ class SiteJob:
             site_id=self.site_id, federation_id=request.federation_id, round=request.round, phase="train",
             num_examples=result.num_examples, metrics=metrics, withheld_metrics=withheld,
             update=manifest_key, update_sha256=manifest.payload_sha256, update_bytes=len(payload),
+            control_variate=control_variate_key,
+        )
+
+    def _strategy_hooks(self, request: RoundRequest) -> StrategyHooks:
+        return StrategyHooks(
+            site_id=self.site_id, state_dir=self.config.state_dir, federation_id=request.federation_id,
+            training=request.training, store=self.store, server_control_variate=request.control_variate,
+        )
+
+    def _fine_tune(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
+        """Score the final global model, fine-tune it locally, score it again; the weights stay here."""
+        data.prepare(request.preprocessing)
+        model = self._load_global(request)
+        self._strategy_hooks(request).restore_local_layers(model)
+        generator = torch.Generator().manual_seed(site_seed(request.seed, self.site_id, request.round))
+        raw = fine_tune_and_evaluate(model, data, request.training, generator)
+        metrics, withheld = self._releasable(raw, data.num_test)
+        self._emit("metrics", f"{request.federation_id}/round_{request.round:04d}/fine_tune/{self.site_id}.json",
+                   json.dumps(metrics, sort_keys=True).encode())
+        return SiteResult(
+            site_id=self.site_id, federation_id=request.federation_id, round=request.round,
+            phase="fine_tune", num_examples=data.num_test, metrics=metrics, withheld_metrics=withheld,
         )
 
     def _evaluate(self, request: RoundRequest, data: SiteDataset) -> SiteResult:
         data.prepare(request.preprocessing)
         model = self._load_global(request)
+        self._strategy_hooks(request).restore_local_layers(model)
         raw = evaluate(model, data)
         metrics, withheld = self._releasable(raw, data.num_test)
         self._emit("metrics", f"{request.federation_id}/round_{request.round:04d}/metrics/{self.site_id}.json",
