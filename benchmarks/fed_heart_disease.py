@@ -41,6 +41,7 @@ from flamby_heart import (  # noqa: E402
     accuracy,
     load_heart_data,
 )
+from federated_rows import FEDERATED_ROWS, FederatedRow, run_federated  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "heart_disease"
@@ -122,7 +123,16 @@ def build_rows() -> dict[str, tuple[dict[str, object], Callable[[HeartData, int]
     }
     for site in SITES:
         rows[f"local_{site}"] = ({**CENTRALISED_SETTINGS, "site": site}, make_local_runner(site))
+    for name, row in FEDERATED_ROWS.items():
+        rows[name] = (row.describe(), make_federated_runner(row))
     return rows
+
+
+def make_federated_runner(row: FederatedRow) -> Callable[[HeartData, int], dict[str, float]]:
+    def run(data: HeartData, seed: int) -> dict[str, float]:
+        return run_federated(row, data, seed)
+
+    return run
 
 
 def format_value(values: np.ndarray) -> str:
