@@ -58,13 +58,25 @@ def run(
     _configure_logging(verbose)
     from medfed.pipelines.config import load_experiment
 
+    from pydantic import ValidationError
+
     overrides: dict[str, Any] = {"rounds": rounds, "seed": seed, "workdir": str(workdir) if workdir else None}
-    config = load_experiment(experiment, overrides)
+    try:
+        config = load_experiment(experiment, overrides)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]Invalid experiment config {experiment}:[/]\n{exc}")
+        raise typer.Exit(2) from None
     if tracking_uri:
         config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"uri": tracking_uri})})
     if not baselines:
         config = config.model_copy(update={"baselines": config.baselines.model_copy(update={"pooled": False, "local": False})})
-    _run_embedded(config)
+    from medfed.pipelines.federation import QuorumNotMet
+
+    try:
+        _run_embedded(config)
+    except QuorumNotMet as exc:
+        console.print(f"[red]Federation stopped:[/] {exc}\nRounds already finished stay in MLflow.")
+        raise typer.Exit(1) from None
 
 
 @app.command()

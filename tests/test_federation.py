@@ -237,3 +237,38 @@ def test_quorum_not_met_fails_run_but_keeps_record(tmp_path: Path) -> None:
     runs = client.search_runs([client.get_experiment_by_name("e2e-study").experiment_id])
     assert runs[0].info.status == "FAILED"
     assert "QuorumNotMet" in runs[0].data.tags["medfed.error"]
+
+
+def test_site_missing_deadline_is_left_out(tmp_path: Path) -> None:
+    from conftest import write_site
+    from medfed.pipelines.federation import QuorumNotMet
+
+    config = make_config(tmp_path, [write_site(tmp_path / "sites", "cleveland")], min_sites=1,
+                         round_timeout_s=0.001)
+    with pytest.raises(QuorumNotMet, match=r"cleveland: missed the 0.001 s deadline"):
+        federation_flow(config)
+
+
+def test_baselines_are_tagged_for_comparison(federation) -> None:
+    from medfed.pipelines.baselines import BASELINE_NOTE, run_baselines
+    from medfed.pipelines.tracking import local_artifact_root
+
+    config, summary, _ = federation
+    results = run_baselines(config, summary.federation_id, summary.tracking_uri,
+                            local_artifact_root(summary.tracking_uri, Path(config.workdir)))
+    assert set(results) == {"pooled", *(f"local:{s}" for s in SITES)}
+    client = MlflowClient(summary.tracking_uri)
+    runs = client.search_runs([summary.experiment_id],
+                              filter_string=f"tags.`medfed.comparison` = '{summary.federation_id}'")
+    kinds = sorted(r.data.tags["medfed.kind"] for r in runs)
+    assert kinds == ["federated", "local", "local", "local", "pooled"]
+    for run in runs:
+        if run.data.tags["medfed.kind"] == "federated":
+            continue
+        assert run.data.tags["medfed.baseline_note"] == BASELINE_NOTE
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "accuracy_mean")
+        assert [m.step for m in history] == [1, 2]
+    pooled = next(r for r in runs if r.data.tags["medfed.kind"] == "pooled")
+    assert pooled.data.params["baseline.steps_per_round"] == str(20 * len(SITES))
+    assert pooled.data.tags["medfed.trained_on"] == ",".join(SITES)
