@@ -105,7 +105,12 @@ def run_federation(
     tracking_uri: str,
     artifact_root: Path | None,
 ) -> FederationSummary:
-    """Run every phase of a federation and record it in one MLflow run."""
+    """Run every phase of a federation and record it in one MLflow run.
+
+    TODO: resume after a crash. Every round's global model is already in the
+    exchange store and in MLflow, but there is no command yet that restarts a
+    federation from its last finished round.
+    """
     config = resolve_model_kwargs(config)
     strategy = build_strategy(config.strategy)
     site_ids = dispatcher.site_ids
