@@ -12,8 +12,8 @@ a `ContractReport` with counts and relative paths only.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -21,12 +21,12 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from medfed.data_contracts.dicom_values import keyword_tag, number, numbers, text, unsigned_short, values
 from medfed.data_contracts.report import ContractReport, RuleResult, Severity, capped
 
 # SOP classes whose images often carry burned-in text: ultrasound,
@@ -44,6 +44,9 @@ BURNED_IN_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image Storage
 )
 BURNED_IN_MODALITIES: tuple[str, ...] = ("US", "IVUS", "SC", "OT", "XC", "ES", "DOC")
+# Public tags whose VR is SQ in pydicom's data dictionary; raw elements of
+# implicit VR files carry no VR.
+SEQUENCE_TAGS: frozenset[int] = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 # ImageType values that mark a screen capture or a derived secondary image.
 BURNED_IN_IMAGE_TYPES: tuple[str, ...] = ("SCREEN SAVE", "SECONDARY")
 
@@ -266,19 +269,19 @@ def check_dataset(ds: Dataset, contract: DicomContract) -> list[Violation]:
     """Check one file's header against the per-file rules; return the broken (rule, tag) pairs."""
     broken: list[Violation] = []
     for keyword in contract.required_tags:
-        if ds.get(keyword) in (None, ""):
+        if not _present(ds, keyword):
             broken.append(("required_tag", keyword))
 
-    modality = ds.get("Modality")
-    if contract.modalities is not None and modality not in contract.modalities:
+    if contract.modalities is not None and text(ds, "Modality") not in contract.modalities:
         broken.append(("allowed_values", "Modality"))
-    if contract.sop_classes is not None and ds.get("SOPClassUID") not in contract.sop_classes:
+    if contract.sop_classes is not None and text(ds, "SOPClassUID") not in contract.sop_classes:
         broken.append(("allowed_values", "SOPClassUID"))
     if contract.transfer_syntaxes is not None:
-        transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        file_meta = getattr(ds, "file_meta", None)
+        transfer_syntax = text(file_meta, "TransferSyntaxUID") if file_meta is not None else None
         if transfer_syntax not in contract.transfer_syntaxes:
             broken.append(("allowed_values", "TransferSyntaxUID"))
-    if ds.get("PhotometricInterpretation") not in contract.photometric_interpretations:
+    if text(ds, "PhotometricInterpretation") not in contract.photometric_interpretations:
         broken.append(("allowed_values", "PhotometricInterpretation"))
 
     broken += _check_geometry(ds, contract.geometry)
@@ -288,41 +291,44 @@ def check_dataset(ds: Dataset, contract: DicomContract) -> list[Violation]:
     return broken
 
 
-def _in_range(value: object, bounds: tuple[float, float]) -> bool:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return bounds[0] <= number <= bounds[1]
+def _in_range(value: float | None, bounds: tuple[float, float]) -> bool:
+    return value is not None and bounds[0] <= value <= bounds[1]
 
 
 def _check_geometry(ds: Dataset, geometry: GeometryRule) -> list[Violation]:
     broken: list[Violation] = []
-    if not _in_range(ds.get("Rows"), geometry.rows):
+    if not _in_range(unsigned_short(ds, "Rows"), geometry.rows):
         broken.append(("in_range", "Rows"))
-    if not _in_range(ds.get("Columns"), geometry.columns):
+    if not _in_range(unsigned_short(ds, "Columns"), geometry.columns):
         broken.append(("in_range", "Columns"))
     if geometry.pixel_spacing_mm is not None:
         spacing = pixel_spacing(ds)
         if spacing is None or not all(_in_range(value, geometry.pixel_spacing_mm) for value in spacing):
             broken.append(("in_range", "PixelSpacing"))
     if geometry.slice_thickness_mm is not None:
-        thickness = ds.get("SliceThickness")
+        thickness = number(ds, "SliceThickness")
         if thickness is None:
-            thickness = _functional_group_value(ds, "PixelMeasuresSequence", "SliceThickness")
+            thickness = _float_or_none(_functional_group_value(ds, "PixelMeasuresSequence", "SliceThickness"))
         if not _in_range(thickness, geometry.slice_thickness_mm):
             broken.append(("in_range", "SliceThickness"))
     return broken
 
 
+def _float_or_none(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """Return (row, column) spacing in mm from PixelSpacing or, for enhanced images, the shared functional group."""
-    spacing = ds.get("PixelSpacing")
+    spacing: object = numbers(ds, "PixelSpacing")
     if spacing is None:
         spacing = _functional_group_value(ds, "PixelMeasuresSequence", "PixelSpacing")
-    if spacing is None or len(spacing) != 2:
+    if spacing is None or len(spacing) != 2:  # type: ignore[arg-type]
         return None
-    return float(spacing[0]), float(spacing[1])
+    return float(spacing[0]), float(spacing[1])  # type: ignore[index]
 
 
 def _functional_group_value(ds: Dataset, macro: str, keyword: str) -> object:
@@ -339,56 +345,84 @@ def _functional_group_value(ds: Dataset, macro: str, keyword: str) -> object:
 
 def _check_deidentification(ds: Dataset, rule: DeidentificationRule) -> list[Violation]:
     broken: list[Violation] = []
+    watched = frozenset(int(tag_for_keyword(keyword)) for keyword in rule.empty_or_absent)  # type: ignore[arg-type]
+    findings = IdentifierFindings()
+    _walk_identifiers(ds, watched, findings)
     for keyword in rule.empty_or_absent:
-        if _has_value_anywhere(ds, BaseTag(tag_for_keyword(keyword))):  # type: ignore[arg-type]
+        if tag_for_keyword(keyword) in findings.tags_with_values:
             broken.append(("empty_or_absent", keyword))
-    if rule.patient_identity_removed and ds.get("PatientIdentityRemoved") != "YES":
+    if rule.patient_identity_removed and text(ds, "PatientIdentityRemoved") != "YES":
         broken.append(("allowed_values", "PatientIdentityRemoved"))
     if rule.allowed_private_creators is not None:
-        allowed = set(rule.allowed_private_creators)
-        if any(creator not in allowed for creator in private_creators(ds)):
+        if not findings.private_creators <= set(rule.allowed_private_creators):
             broken.append(("private_creator", "PrivateCreator"))
     return broken
 
 
-def _has_value_anywhere(ds: Dataset, tag: BaseTag) -> bool:
-    if tag in ds and ds[tag].value not in (None, "", b""):
-        return True
-    return any(_has_value_anywhere(item, tag) for item in _nested_items(ds))
+@dataclass
+class IdentifierFindings:
+    """Watched tags that hold a value and the private creators found, at any sequence depth."""
+
+    tags_with_values: set[int] = field(default_factory=set)
+    private_creators: set[str] = field(default_factory=set)
 
 
-def _nested_items(ds: Dataset) -> Iterator[Dataset]:
-    """Yield the items of every sequence directly in `ds`, converting only sequence elements."""
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None)
-        if vr == "SQ" or isinstance(getattr(raw, "value", None), Sequence):
-            yield from ds[tag].value
-        elif vr is None and ds[tag].VR == "SQ":
-            # Implicit VR: the data dictionary decides, so the element is converted.
-            yield from ds[tag].value
+def private_creators(ds: Dataset) -> set[str]:
+    """Return the PrivateCreator value of every private block, in nested sequences too."""
+    findings = IdentifierFindings()
+    _walk_identifiers(ds, frozenset(), findings)
+    return findings.private_creators
 
 
-def private_creators(ds: Dataset) -> Iterator[str]:
-    """Yield the PrivateCreator value of every private block, in nested sequences too."""
-    for tag in list(ds.keys()):
-        if tag.group % 2 == 1 and 0x0010 <= tag.element <= 0x00FF:
+def _walk_identifiers(ds: Dataset, watched: frozenset[int], findings: IdentifierFindings) -> None:
+    """Visit every element once, converting only watched tags, private creators and sequences."""
+    for tag, element in list(ds.items()):
+        if tag in watched:
+            if ds[tag].value not in (None, "", b""):
+                findings.tags_with_values.add(int(tag))
+            continue
+        if tag & 0x00010000 and 0x0010 <= (tag & 0xFFFF) <= 0x00FF:  # odd group: a private creator
             value = ds[tag].value
-            yield value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    for item in _nested_items(ds):
-        yield from private_creators(item)
+            findings.private_creators.add(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
+            continue
+        if _is_sequence(tag, element):
+            for item in ds[tag].value:
+                _walk_identifiers(item, watched, findings)
+
+
+def _is_sequence(tag: int, element: object) -> bool:
+    vr = getattr(element, "VR", None)
+    if vr == "SQ":
+        return True
+    if vr is None:
+        # Implicit VR: a public tag's VR comes from the data dictionary, and pydicom
+        # reads a private element of undefined length as a sequence.
+        return tag in SEQUENCE_TAGS or bool(getattr(element, "is_undefined_length", False))
+    return False
+
+
+def _present(ds: Dataset, keyword: str) -> bool:
+    """Return whether the element is present and not empty, without converting a raw element."""
+    element = ds.get_item(keyword_tag(keyword))
+    if element is None:
+        return False
+    if isinstance(element, RawDataElement):
+        if element.value is None:  # deferred read: only the length is known
+            return element.length > 0
+        # Text values are padded with spaces; binary values such as US 0 are b"\x00\x00" and present.
+        return bool(element.value.strip(b" "))
+    return element.value not in (None, "", b"") and not (isinstance(element.value, list) and not element.value)
 
 
 def burned_in_text_risk(ds: Dataset, rule: BurnedInTextRule) -> bool:
     """Return whether the SOP class, modality, ImageType or BurnedInAnnotation suggest burned-in text."""
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+    if (text(ds, "BurnedInAnnotation") or "").upper() == "YES":
         return True
-    if ds.get("SOPClassUID") in rule.sop_classes or ds.get("Modality") in rule.modalities:
+    if text(ds, "SOPClassUID") in rule.sop_classes or text(ds, "Modality") in rule.modalities:
         return True
-    if "ConversionType" in ds:  # present only in secondary capture images
+    if keyword_tag("ConversionType") in ds:  # present only in secondary capture images
         return True
-    image_type = ds.get("ImageType") or []
-    return any(str(value).upper() in BURNED_IN_IMAGE_TYPES for value in image_type)
+    return any(value.upper() in BURNED_IN_IMAGE_TYPES for value in values(ds, "ImageType"))
 
 
 class ReportBuilder:

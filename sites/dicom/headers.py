@@ -27,6 +27,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medfed.data_contracts.dicom_values import number, unsigned_short
+
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Explicit VRs whose element header has 2 reserved bytes and a 4-byte length (DICOM PS3.5 7.1.2).
@@ -76,12 +78,17 @@ def quiet_validation() -> Iterator[None]:
 
 
 def expected_pixel_bytes(ds: Dataset) -> int:
-    """Return the byte count of native (uncompressed) pixel data that the image attributes require."""
-    rows = int(ds.Rows)
-    columns = int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    bits = int(ds.BitsAllocated)
+    """Return the byte count of native (uncompressed) pixel data that the image attributes require.
+
+    Raises ValueError when Rows, Columns or BitsAllocated is missing.
+    """
+    rows = unsigned_short(ds, "Rows")
+    columns = unsigned_short(ds, "Columns")
+    bits = unsigned_short(ds, "BitsAllocated")
+    if rows is None or columns is None or bits is None:
+        raise ValueError("Rows, Columns and BitsAllocated are required to size the pixel data")
+    frames = int(number(ds, "NumberOfFrames") or 1)
+    samples = unsigned_short(ds, "SamplesPerPixel") or 1
     if bits == 1:
         return (rows * columns * frames * samples + 7) // 8
     return rows * columns * frames * samples * (bits // 8)
@@ -187,6 +194,6 @@ def _measure_pixel_data(handle: BinaryIO, ds: Dataset, position: int, size: int)
                                items_complete=complete)
     try:
         expected = expected_pixel_bytes(ds)
-    except (AttributeError, TypeError, ValueError):
+    except ValueError:
         expected = None
     return PixelDataExtent(encapsulated=False, declared=length, present=min(present, length), expected=expected)

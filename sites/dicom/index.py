@@ -30,6 +30,7 @@ from medfed.data_contracts.dicom import (
     Violation,
     check_dataset,
 )
+from medfed.data_contracts.dicom_values import number, numbers, text
 from medfed.data_contracts.report import ContractReport, Severity
 from medfed.sites.dicom.codecs import decoder_gap
 from medfed.sites.dicom.headers import HeaderlessFileError, inferred_transfer_syntax, quiet_validation, read_header
@@ -214,24 +215,24 @@ def scan_file(root: Path, relative: str, contract: DicomContract, tolerant: bool
 
 
 def _entry(relative: str, ds: Dataset, part10: bool, *, burned_in: bool) -> InstanceEntry:
-    position = ds.get("ImagePositionPatient")
-    orientation = ds.get("ImageOrientationPatient")
+    position = numbers(ds, "ImagePositionPatient")
+    orientation = numbers(ds, "ImageOrientationPatient")
     file_meta = getattr(ds, "file_meta", None)
-    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    if transfer_syntax is None:
+    transfer_syntax = text(file_meta, "TransferSyntaxUID") if file_meta is not None else None
+    if not transfer_syntax:
         # Header-less file read in tolerant mode: pydicom inferred the encoding.
         transfer_syntax = inferred_transfer_syntax(ds)
     return InstanceEntry(
         path=relative,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        modality=str(ds.get("Modality", "")),
+        sop_instance_uid=text(ds, "SOPInstanceUID") or "",
+        series_uid=text(ds, "SeriesInstanceUID") or "",
+        study_uid=text(ds, "StudyInstanceUID") or "",
+        modality=text(ds, "Modality") or "",
         transfer_syntax=str(transfer_syntax),
         part10=part10,
-        frames=int(ds.get("NumberOfFrames") or 1),
-        position=tuple(float(v) for v in position) if position is not None and len(position) == 3 else None,
-        orientation=tuple(float(v) for v in orientation) if orientation is not None and len(orientation) == 6 else None,
+        frames=int(number(ds, "NumberOfFrames") or 1),
+        position=tuple(position) if position is not None and len(position) == 3 else None,  # type: ignore[arg-type]
+        orientation=tuple(orientation) if orientation is not None and len(orientation) == 6 else None,
         burned_in=burned_in,
     )
 

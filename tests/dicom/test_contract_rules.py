@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_files import ct_dataset
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, RLELossless
 
@@ -229,3 +230,35 @@ def test_report_holds_no_values(tmp_path: Path) -> None:
     assert "Doe" not in text
     assert "19700101" not in text
     assert "a.dcm" in text
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False])
+def test_nested_values_found_in_files(tmp_path: Path, implicit_vr: bool) -> None:
+    """Raw elements read from a file carry no VR in implicit VR; nested values must still be found."""
+    ds = good_dataset()
+    set_name_nested(ds)
+    leaf = Dataset()
+    set_private(leaf, "OTHER VENDOR")
+    ds.ReferencedSeriesSequence = [nested(2, leaf)]
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit_vr else "1.2.840.10008.1.2.1"
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+
+    read_back = dcmread(tmp_path / "a.dcm", stop_before_pixels=True)
+
+    broken = check_dataset(read_back, CONTRACT)
+
+    assert ("empty_or_absent", "PatientName") in broken
+    assert ("private_creator", "PrivateCreator") in broken
+    assert len(broken) == (3 if implicit_vr else 2)  # implicit VR also breaks the transfer syntax rule
+
+
+def test_required_binary_zero_is_present(tmp_path: Path) -> None:
+    contract = CONTRACT.model_copy(update={"required_tags": ["PixelRepresentation", "PatientName"]})
+    ds = good_dataset()
+    ds.PatientName = "   "
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+
+    broken = check_dataset(dcmread(tmp_path / "a.dcm", stop_before_pixels=True), contract)
+
+    assert ("required_tag", "PixelRepresentation") not in broken
+    assert ("required_tag", "PatientName") in broken
