@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from uuid import UUID
+
+import httpx
 
 from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -34,6 +37,7 @@ from medfed.sites.agent import WORKER_TYPE
 from medfed.sites.exchange_store import ExchangeStore
 from medfed.sites.flows import SITE_ROUND_FLOW, site_round
 from medfed.sites.job import RoundRequest, SiteResult, result_key
+from medfed.sites.prefect_retry import ServerBusy, retry_busy_sync
 from medfed.sites.remote_store import open_store
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,16 @@ def site_pool(config: ExperimentConfig, site_id: str) -> str:
     return config.deployed.pools.get(site_id, f"medfed-{site_id}")
 
 
+@dataclass(frozen=True)
+class DispatchTiming:
+    """Wall time of one dispatch and the longest site compute inside it, for overhead measurements."""
+
+    phase: str
+    round: int
+    wall_s: float
+    max_compute_s: float
+
+
 class DeployedDispatcher:
     """Send each round request as a flow run to the site's deployment and wait for it."""
 
@@ -61,6 +75,7 @@ class DeployedDispatcher:
         self.client = client
         self.poll_interval_s = poll_interval_s
         self._deployments: dict[str, UUID] = {}
+        self.timings: list[DispatchTiming] = []
 
     @property
     def site_ids(self) -> list[str]:
@@ -80,19 +95,21 @@ class DeployedDispatcher:
     def dispatch(
         self, requests: dict[str, RoundRequest], timeout_s: float
     ) -> dict[str, SiteResult | SiteFailure]:
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         outcomes: dict[str, SiteResult | SiteFailure] = {}
         runs: dict[UUID, tuple[str, RoundRequest]] = {}
         for site_id, request in sorted(requests.items()):
             try:
-                run = self.client.create_flow_run_from_deployment(
-                    self._deployment_id(site_id),
+                deployment_id = self._deployment_id(site_id)
+                run = retry_busy_sync(self.client, lambda: self.client.create_flow_run_from_deployment(
+                    deployment_id,
                     parameters={"request": request.model_dump(mode="json")},
                     name=f"{request.phase}-{site_id}-round-{request.round}",
                     tags=[f"federation:{request.federation_id}"],
-                )
-            except (ValueError, ObjectNotFound) as exc:
-                outcomes[site_id] = SiteFailure(site_id, str(exc))
+                ), f"create flow run for site {site_id}")
+            except (ValueError, ObjectNotFound, httpx.HTTPError, ServerBusy) as exc:
+                outcomes[site_id] = SiteFailure(site_id, f"flow run not created: {type(exc).__name__}: {exc}"[:2000])
                 continue
             runs[run.id] = (site_id, request)
 
@@ -116,7 +133,15 @@ class DeployedDispatcher:
             outcomes[site_id] = SiteFailure(
                 site_id, f"missed the {timeout_s:g} s deadline; its flow run was {state}{hint}"
             )
+        self._record_timing(requests, outcomes, time.monotonic() - started)
         return outcomes
+
+    def _record_timing(self, requests: dict[str, RoundRequest], outcomes: dict, wall_s: float) -> None:
+        if not requests:
+            return
+        request = next(iter(requests.values()))
+        computes = [o.compute_seconds or 0.0 for o in outcomes.values() if isinstance(o, SiteResult)]
+        self.timings.append(DispatchTiming(request.phase, request.round, wall_s, max(computes, default=0.0)))
 
     def _read_runs(self, ids: list[UUID]) -> list[FlowRun]:
         return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
@@ -143,8 +168,9 @@ class DeployedDispatcher:
     def _cancel(self, run_id: UUID) -> None:
         """Cancel a flow run that missed the deadline, so that no agent picks it up late."""
         try:
-            self.client.set_flow_run_state(run_id, Cancelled(message="missed the round deadline"), force=True)
-        except Exception as exc:  # a cancel that fails leaves the run to Prefect; the round goes on
+            retry_busy_sync(self.client, lambda: self.client.set_flow_run_state(
+                run_id, Cancelled(message="missed the round deadline"), force=True), "cancel late flow run")
+        except (httpx.HTTPError, ServerBusy) as exc:  # the run stays as it is; the round goes on
             logger.warning("could not cancel late flow run %s: %s", run_id, exc)
 
 

@@ -64,6 +64,32 @@ class SiteConfig(BaseModel):
     allowed_flows: list[str] = Field(
         default_factory=lambda: ["site-round"], description="Site flows this site agrees to run."
     )
+    exchange_uri: str | None = Field(
+        default=None,
+        description=(
+            "Where payloads are exchanged with the centre: default (or 'mlflow-artifacts') the MLflow "
+            "server's artifact proxy at mlflow_tracking_uri; or an fsspec URL such as s3://bucket/prefix."
+        ),
+    )
+    poll_interval_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description=(
+            "Seconds between the agent's polls of its work pool. With wake_on_events the agent also "
+            "polls at once when the server announces a flow run for the pool, so this is a fallback."
+        ),
+    )
+    wake_on_events: bool = Field(
+        default=True,
+        description="Listen to the Prefect API's event stream and poll as soon as a flow run is scheduled.",
+    )
+    shutdown_grace_s: float = Field(
+        default=60.0, ge=0,
+        description="Seconds the agent waits, after SIGTERM, for a running job to finish before abandoning it.",
+    )
+    share_logs: bool = Field(
+        default=False,
+        description="Send the agent's flow-run log lines to the Prefect server (they hold counts and hashes).",
+    )
 
     @field_validator("site_id")
     @classmethod
@@ -73,6 +99,20 @@ class SiteConfig(BaseModel):
                 f"site_id {value!r} must start with a lowercase letter and contain only "
                 "lowercase letters, digits, '-' and '_' (at most 63 characters)"
             )
+        return value
+
+    @field_validator("prefect_api_url", "mlflow_tracking_uri")
+    @classmethod
+    def _check_server_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"server URL {value!r} must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("allowed_models", "allowed_flows")
+    @classmethod
+    def _check_allow_list(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("an allow-list must name at least one entry; a site that accepts nothing has no agent")
         return value
 
     @property

@@ -77,6 +77,13 @@ class SiteResult(BaseModel):
     )
     statistics: SiteStatistics | None = None
     contract_report: ContractReport | None = None
+    ledger_head: str | None = Field(
+        default=None,
+        description="Hash of the site's last egress ledger entry before this result (deployed shape).",
+    )
+    compute_seconds: float | None = Field(
+        default=None, description="Wall time of the site's work on this request, in seconds (deployed shape)."
+    )
 
 
 class RequestRejected(PermissionError):
@@ -253,6 +260,11 @@ class _EgressGuard:
 
     def exists(self, key: str) -> bool:
         return self._job.store.exists(key)
+
+
+def result_key(request: RoundRequest, site_id: str) -> str:
+    """Store key of the SiteResult JSON a site agent writes for `request` (deployed shape)."""
+    return f"{request.federation_id}/round_{request.round:04d}/results/{request.phase}/{site_id}.json"
 
 
 def site_seed(seed: int, site_id: str, round_number: int) -> int:
