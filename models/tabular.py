@@ -22,6 +22,10 @@ class MLP(nn.Module):
 
     `normalization` adds BatchNorm1d ("batch") or LayerNorm ("layer") after
     the first layer; FedBN keeps that layer at each site.
+
+    NOTE: BatchNorm1d raises on a training batch of one row, which the last
+    batch of a pass is when num_train % batch_size == 1; "layer" has no
+    such limit.
     """
 
     def __init__(

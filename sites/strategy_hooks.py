@@ -1,4 +1,4 @@
-"""What a strategy adds to a site's round beyond plain local training.
+"""Strategy additions to a site's round beyond plain local training.
 
 The site job calls `StrategyHooks.prepare` after loading the global model and
 `StrategyHooks.finish` after training. Between them they apply FedBN's local
@@ -31,7 +31,7 @@ CONTROL_VARIATE_STATE = "control_variate"
 
 @dataclass
 class RoundOutput:
-    """What may leave the site after training: the shared weights and SCAFFOLD's c_i change."""
+    """The shared weights and SCAFFOLD's c_i change: the parts of a round that may leave the site."""
 
     shared_state: dict[str, torch.Tensor]
     control_variate_change: ControlVariate | None
