@@ -53,8 +53,9 @@ def run(
     workdir: Annotated[Path | None, typer.Option(help="Folder for the exchange store and local MLflow files.")] = None,
     baselines: Annotated[bool, typer.Option(help="Also train the pooled and per-site baselines.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every lifecycle step.")] = False,
+    deployed: Annotated[bool, typer.Option("--deployed", help="Reach the sites' agents through the Prefect server (PREFECT_API_URL); sites are site ids.")] = False,
 ) -> None:
-    """Run a federation in the embedded shape and print the final table."""
+    """Run a federation (embedded shape, or --deployed) and print the final table."""
     _configure_logging(verbose)
     from medfed.pipelines.config import load_experiment
 
@@ -73,7 +74,12 @@ def run(
     from medfed.pipelines.federation import QuorumNotMet
 
     try:
-        _run_embedded(config)
+        if deployed:
+            from medfed.cli_deployed import run_deployed
+
+            run_deployed(config)
+        else:
+            _run_embedded(config)
     except QuorumNotMet as exc:
         console.print(f"[red]Federation stopped:[/] {exc}\nRounds already finished stay in MLflow.")
         raise typer.Exit(1) from None
@@ -91,7 +97,7 @@ def demo(
         console.print(f"[red]The demo experiment {DEMO_EXPERIMENT} is missing; run the demo from a medfed checkout.")
         raise typer.Exit(2)
     run(DEMO_EXPERIMENT, rounds=rounds, seed=seed, tracking_uri=None, workdir=workdir, baselines=True,
-        verbose=verbose)
+        verbose=verbose, deployed=False)
 
 
 def _run_embedded(config) -> None:
@@ -159,13 +165,20 @@ def site_check(
     site_config: Annotated[Path, typer.Argument(help="Site YAML file.", exists=True, dir_okay=False)],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Validate a site's config and data against their contracts; exit 1 when not ready."""
+    """Validate a site's config, its data against their contracts and the servers it uses; exit 1 when not ready."""
     _configure_logging(verbose)
+    from medfed.cli_deployed import add_server_checks
     from medfed.sites.check import check_site, render_check
 
     outcome = check_site(site_config)
+    add_server_checks(outcome)
     render_check(outcome, console)
     raise typer.Exit(0 if outcome.ready else 1)
+
+
+from medfed.cli_deployed import register as _register_deployed_commands  # noqa: E402
+
+_register_deployed_commands(app, site_app)
 
 
 try:  # The DICOM generator lives in its own module; mount it when present.
