@@ -159,6 +159,7 @@ def _run_rounds(
     outcomes = dispatcher.dispatch({s: base for s in site_ids}, config.round_timeout_s)
     results, dropped = _split_outcomes(outcomes)
     _require_quorum(config, results, dropped, "statistics")
+    _ledger_heads(tracker, results)
     for site_id, result in sorted(results.items()):
         report = result.contract_report
         if report is not None:
@@ -215,7 +216,10 @@ def _run_rounds(
         tracker.log_metrics(metrics, step=round_number)
         if config.tracking.log_round_models:
             _log_global_artifacts(tracker, store, global_key)
-        tracker.log_json({"round": round_number, "included": accepted, "dropped": dropped},
+        ledger_heads = _ledger_heads(tracker, results, evaluations)
+        tracker.log_json({"round": round_number, "included": accepted, "dropped": dropped,
+                          "updates_sha256": {s: results[s].update_sha256 for s in accepted},
+                          "ledger_heads": ledger_heads},
                          f"rounds/round_{round_number:04d}.json")
         history.append(metrics)
         if round_number % PLOT_EVERY_ROUNDS == 0 or round_number == config.rounds:
@@ -242,6 +246,16 @@ def _run_rounds(
             site_metrics.setdefault(site_id, {}).update(result.metrics)
 
     return {"rounds": records, "site_metrics": site_metrics, "preprocessing": plan, "state": global_state}
+
+
+def _ledger_heads(tracker: RunLogger, *phases: dict[str, SiteResult]) -> dict[str, str]:
+    """Tag the run with each site's latest egress-ledger hash (deployed shape), so both sides can compare."""
+    heads: dict[str, str] = {}
+    for results in phases:
+        heads.update({s: r.ledger_head for s, r in results.items() if r.ledger_head})
+    if heads:
+        tracker.set_tags({f"site/{s}/ledger_head": h for s, h in sorted(heads.items())})
+    return heads
 
 
 def _split_outcomes(outcomes: dict[str, SiteResult | SiteFailure]) -> tuple[dict[str, SiteResult], dict[str, str]]:
