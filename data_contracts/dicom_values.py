@@ -1,7 +1,8 @@
 """Read short header values straight from pydicom's raw elements, for the header scan's hot path.
 
 pydicom converts a raw element into typed values (DSfloat, MultiValue, UID)
-on first access, which costs more than reading the file. The contract
+on first access; in a profile of the scan over 2,100 small CT headers
+(pydicom 3.0) that conversion took about two thirds as long as reading. The contract
 rules need only a few values of plain VRs: CS, UI, DS and IS text in the
 default character repertoire (ASCII), and US integers. These helpers decode
 those bytes directly and fall back to pydicom's value when the element is

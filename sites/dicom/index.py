@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -173,11 +175,24 @@ def _scan_paths(
     chunks = [paths[start:start + chunk_size] for start in range(0, len(paths), chunk_size)]
     contract_data = contract.model_dump(mode="json")
     outcomes: list[FileOutcome] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
         futures = [pool.submit(scan_chunk, str(root), chunk, contract_data, tolerant) for chunk in chunks]
         for future in futures:
             outcomes.extend(future.result())
     return outcomes
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Return the forkserver context with this module preloaded.
+
+    Forking a process that runs threads (a Prefect worker does) can copy held
+    locks, so workers fork from a clean server process instead. The server
+    starts once per process and imports this module once, so later scans
+    start their workers in milliseconds.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def scan_chunk(root: str, paths: list[str], contract_data: dict, tolerant: bool) -> list[FileOutcome]:
