@@ -311,6 +311,7 @@ def build_index(root: Path, outcomes: list[FileOutcome], contract: DicomContract
 
 def _add_decoder_rules(outcomes: list[FileOutcome], builder: ReportBuilder) -> None:
     """Add one rule per transfer syntax found that no installed package decodes, naming its files."""
+    files_without_decoder: dict[str, int] = defaultdict(int)
     for outcome in outcomes:
         if outcome.entry is None:
             continue
@@ -319,6 +320,9 @@ def _add_decoder_rules(outcomes: list[FileOutcome], builder: ReportBuilder) -> N
             continue
         builder.add_rule(RuleSpec("decoder_available", f"TransferSyntaxUID={gap.transfer_syntax}", gap.message()))
         outcome.violations.append(("decoder_available", f"TransferSyntaxUID={gap.transfer_syntax}"))
+        files_without_decoder[gap.transfer_syntax] += 1
+    for transfer_syntax, count in sorted(files_without_decoder.items()):
+        logger.warning("%s: %d file(s) cannot be decoded here", decoder_gap(transfer_syntax).message(), count)  # type: ignore[union-attr]
 
 
 def _check_series(series: dict[str, SeriesEntry], contract: DicomContract, builder: ReportBuilder) -> None:

@@ -129,7 +129,10 @@ def _read_dataset(path: Path, relative: str, options: ReadOptions, notes: dict[s
         handle.seek(128)
         part10 = handle.read(4) == b"DICM"
     if part10:
-        return dcmread(path)
+        try:
+            return dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+            raise IngestionError(relative, f"file could not be read as DICOM ({type(exc).__name__})") from None
     if not options.tolerant_headerless:
         raise HeaderlessRejectedError(
             relative, "file has no Part-10 preamble and file meta; strict mode rejects it "
