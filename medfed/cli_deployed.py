@@ -93,7 +93,11 @@ def site_audit(
         console.print(f"{len(entries) - len(shown)} older entries not shown; use --last 0 to show all.")
     if report.valid:
         console.print(f"[green]Chain valid:[/] {report.entries} entries, latest hash {report.head}")
-        console.print("Compare the latest hash with the MLflow tag site/<site>/ledger_head of the federation run.")
+        results = [e for e in entries if e.kind == "result"]
+        if results:
+            # A result carries the ledger hash from before its own entry, which cannot contain its own hash.
+            console.print(f"Hash last reported to the centre (federation {results[-1].federation_id}): "
+                          f"{results[-1].prev_hash}; compare it with the MLflow tag site/{config.site_id}/ledger_head.")
         return
     console.print(f"[red]Chain broken[/] after reading {report.entries} entries:")
     for error in report.errors:

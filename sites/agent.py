@@ -95,8 +95,8 @@ def validate_flow_run(
     """Check a flow run against the site's allow-lists and the flow's schema; raise RequestRejected."""
     if flow_name not in config.allowed_flows:
         raise RequestRejected(
-            f"flow {flow_name!r} is not on site {config.site_id!r}'s allowed_flows "
-            f"({', '.join(config.allowed_flows)})"
+            f"flow {flow_name!r} is not in the allowed_flows of site {config.site_id!r} "
+            f"({', '.join(config.allowed_flows)}); add it to the site config to accept it"
         )
     installed = INSTALLED_SITE_FLOWS.get(flow_name)
     if installed is None:
@@ -131,8 +131,8 @@ def validate_flow_run(
 def _check_round_request(config: SiteConfig, request: RoundRequest) -> None:
     if request.model.name not in config.allowed_models:
         raise RequestRejected(
-            f"model {request.model.name!r} is not on site {config.site_id!r}'s allowed_models "
-            f"({', '.join(config.allowed_models)})"
+            f"model {request.model.name!r} is not in the allowed_models of site {config.site_id!r} "
+            f"({', '.join(config.allowed_models)}); add it to the site config to accept it"
         )
     try:
         config.dataset(request.data.dataset)
