@@ -113,6 +113,8 @@ def run_federation(
     """
     config = resolve_model_kwargs(config)
     strategy = build_strategy(config.strategy)
+    # Log every strategy option with its default filled in, not only those the YAML sets.
+    config = config.model_copy(update={"strategy": strategy.config.model_dump(mode="json")})
     site_ids = dispatcher.site_ids
     tracker = RunLogger.start(
         tracking_uri, config.study, run_name=federation_id, artifact_root=artifact_root,

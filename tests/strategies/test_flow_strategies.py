@@ -76,6 +76,11 @@ def test_flow_cyclic_trains_one_site_per_round(tmp_path):
     visited = [record.included for record in summary.rounds]
     assert all(len(sites) == 1 for sites in visited)
     assert sorted(sites[0] for sites in visited) == sorted(SITES)
+    # MLflow params show every strategy option, defaults included.
+    params = MlflowClient(summary.tracking_uri).get_run(summary.run_id).data.params
+    assert params["strategy.name"] == "cyclic"
+    assert params["strategy.seed"] == "3"
+    assert params["strategy.shuffle_each_cycle"] == "true"
 
 
 def test_flow_fedbn_keeps_norm_layers_at_sites(tmp_path):
