@@ -52,7 +52,7 @@ def next_control_variate(
     """Return the site's new control variate and its change, for every parameter trained.
 
     Raises ValueError when no step was taken, because (x - y) / (K * lr) is
-    then undefined; a site without examples sends no control-variate change.
+    then undefined. A site without examples sends no control-variate change.
     """
     if steps <= 0 or learning_rate <= 0:
         raise ValueError(f"control-variate update needs steps > 0 and learning_rate > 0, got {steps} and {learning_rate}")

@@ -3,7 +3,7 @@
 A site that keeps layers local removes them from every payload before it
 writes one, saves them in its state folder after training, and puts them
 back into the model after loading each new global model. The state folder
-holds safetensors files only, written by atomic rename.
+contains safetensors files only, written by atomic rename.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ and resume it.
 Three hooks let a strategy reach beyond aggregation, each with a default that
 keeps FedAvg's behaviour:
 - `select_sites` picks the sites that train in a round (all of them by default);
-- `site_hints` tells the sites what to add to local training (FedProx's
+- `site_hints` returns what the sites add to local training (FedProx's
   proximal term, SCAFFOLD's correction, FedBN's local layers, fine-tuning);
 - `server_payloads` returns tensors the centre sends beside the global model,
   by payload kind (SCAFFOLD's server control variate).
@@ -55,11 +55,13 @@ class StrategyConfig(BaseModel):
 
 @dataclass(frozen=True)
 class SiteTrainingHints:
-    """Settings a strategy asks the sites to apply in local training.
+    """Settings a strategy requests the sites to apply in local training.
 
     The defaults change nothing, so a strategy that only aggregates returns
     `SiteTrainingHints()`. `site_options` turns the hints into the plain
-    values that travel to a site in its round request.
+    values that travel to a site in its round request, where they become
+    fields of the site's `LocalTrainingConfig`. A key in `extra` must
+    therefore name a field of that config, or the request is rejected.
     """
 
     # FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2; 0 disables it.

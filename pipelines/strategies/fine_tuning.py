@@ -2,7 +2,7 @@
 
 After the last round every site scores the final global model on its test
 split, trains it for `fine_tune_steps` more optimiser steps on its own
-training split, and scores it again; both scores are reported per site as
+training split, and scores it again. Both scores are reported per site as
 `before_fine_tuning/<metric>` and `after_fine_tuning/<metric>`. The
 fine-tuned weights stay at the site. FLamby calls this FedAvgFineTuning.
 """
