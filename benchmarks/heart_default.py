@@ -8,7 +8,7 @@ Every candidate uses medfed's own preprocessing instead of FLamby's: the
 site's contract validation (policy "drop"), federated means and standard
 deviations merged from per-site sums, mean imputation of missing values, and
 one-hot `cp` and `restecg` (15 inputs). The test rows are exactly those of
-FLamby's protocol (`flamby_heart.py`); every other row of a site's file,
+FLamby's protocol (`flamby_heart.py`). Every other row of a site's file,
 including the rows FLamby drops for missing values, is training data.
 Training follows the site job: per-round batch order from `site_seed`, the
 strategy's hints, and its `aggregate` step. The score is the mean over the
@@ -90,6 +90,9 @@ class BenchmarkRowsDataset:
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield self._test_x, self.test_labels
 
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._train_x, self.train_labels
+
 
 def load_sites() -> dict[str, BenchmarkRowsDataset]:
     """Validate each site's file with medfed's contract and split it on FLamby's test rows."""
@@ -156,8 +159,8 @@ def run_candidate(candidate: Candidate, sites: dict[str, BenchmarkRowsDataset], 
 
 def run_pooled(sites: dict[str, BenchmarkRowsDataset], seed: int) -> dict[str, float]:
     """Train on every site's training rows together (Adam, lr 0.001, 50 epochs, batch 4), as FLamby's pooled row does."""
-    x = torch.cat([data._train_x for data in sites.values()])
-    y = torch.cat([data.train_labels for data in sites.values()])
+    x = torch.cat([data.train_tensors()[0] for data in sites.values()])
+    y = torch.cat([data.train_tensors()[1] for data in sites.values()])
     torch.manual_seed(seed)
     model = build_model("logistic_regression", in_features=FEATURES.num_inputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -200,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON result file")
     args = parser.parse_args(argv)
+
     torch.set_num_threads(1)
     names = [POOLED, *CANDIDATES] if args.candidates == "all" else args.candidates.split(",")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     sites = load_sites()
     print(f"train/test rows per site: { {s: (d.num_train, d.num_test) for s, d in sites.items()} }")
+
     rows = []
     for name in names:
         started = time.perf_counter()
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {means.mean():.4f} ± {means.std():.4f} ({verdict} {TARGET}; "
               f"{' '.join(f'{s} {v:.3f}' for s, v in per_site.items())}; {time.perf_counter() - started:.1f} s)",
               flush=True)
+
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"seeds": seeds, "pooled_reference": POOLED_REFERENCE, "target": TARGET,
                                        "rows": rows}, indent=2) + "\n")
