@@ -2,7 +2,7 @@
 
 Each study is one axial CT series of a phantom: air around an elliptic body
 of soft tissue (40 HU) with Gaussian noise, and in about half of the studies
-one spherical lesion (120 HU) centred on the middle slice. Each series has a
+one spherical lesion (80 HU) centred on the middle slice. Each series has a
 label (lesion present) and a mask in the site's `labels.csv`. Sites differ
 the way hospitals do: scanner vendor tags and private blocks, pixel spacing,
 slice thickness, rescale slope and intercept, signed or unsigned storage,
@@ -30,10 +30,10 @@ logger = logging.getLogger(__name__)
 
 AIR_HU = -1000.0
 TISSUE_HU = 40.0
-LESION_HU = 120.0
-NOISE_HU = 12.0
+LESION_HU = 80.0
+NOISE_HU = 20.0
 BODY_SEMI_AXES_MM = (12.0, 9.5)  # fits the smallest field of view below (64 x 0.5 mm)
-LESION_RADIUS_MM = (2.5, 4.0)
+LESION_RADIUS_MM = (2.0, 3.5)
 
 
 class SiteProfile(BaseModel):
