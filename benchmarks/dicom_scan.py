@@ -9,7 +9,7 @@ series, 64 x 64 images) unless they exist, then times, on the same files:
 - scan, all CPUs: the same with one worker process per CPU.
 
 Throughput per core is files per second of CPU time of the process that did
-the work (so other jobs on the machine do not lower it); wall-clock rates are
+the work, so other jobs on the machine do not lower it. Wall-clock rates are
 reported beside it. Results go to stdout and `benchmarks/results/dicom_scan.json`.
 
     .venv/bin/python benchmarks/dicom_scan.py --studies 700

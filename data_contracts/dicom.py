@@ -1,9 +1,10 @@
 """DICOM data contracts: the YAML model, the per-file header rules and the report.
 
-A DICOM contract names the tags every file must carry, the modalities, SOP
-classes, transfer syntaxes and photometric interpretations a study accepts,
-geometry ranges, de-identification rules, how burned-in text is treated and
-the label manifest (a CSV checked by a tabular contract). The rules here look
+A DICOM contract names the tags every file must carry and the modalities,
+SOP classes, transfer syntaxes and photometric interpretations a study
+accepts. It also sets geometry ranges, de-identification rules, the
+treatment of burned-in text and the label manifest (a CSV checked by a
+tabular contract). The rules here look
 at one file's header at a time and return rule names, never values, so the
 scanner in `medfed.sites.dicom` can run them in worker processes and collect
 a `ContractReport` with counts and relative paths only.

@@ -1,4 +1,4 @@
-"""Which transfer syntaxes this install can decode, and which package each missing decoder needs."""
+"""Decoder availability per transfer syntax, and the package each missing decoder needs."""
 
 from __future__ import annotations
 

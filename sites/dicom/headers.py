@@ -1,9 +1,9 @@
 """Read one DICOM file's header without its pixels, and measure its pixel data.
 
-`read_header` stops at the Pixel Data element, reads that element's own
-header (tag, VR, length) and compares the bytes present in the file with the
-bytes the image attributes require, so a truncated file is found during the
-header scan without reading any pixels.
+`read_header` stops at the Pixel Data element and reads that element's own
+header (tag, VR, length). It compares the bytes present in the file with the
+bytes the image attributes require, so the header scan finds a truncated
+file without reading any pixels.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Workers read headers (`stop_before_pixels`) in parallel and return, per file,
 the few header values the index needs and the contract rules the file breaks.
 A file that is not DICOM or is corrupt is reported and skipped. The index
-holds UIDs and geometry for loading; the report holds rule names, counts and
-paths relative to the data root, never values.
+contains UIDs and geometry for loading. The report contains rule names,
+counts and paths relative to the data root, never values.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from medfed.sites.dicom.headers import HeaderlessFileError, inferred_transfer_sy
 
 logger = logging.getLogger(__name__)
 
-# Below this many files one process scans faster than starting workers
-# (a worker start costs about 0.3 s of imports; a header read about 0.5 ms).
+# Below this many files one process scans faster than handing chunks to
+# workers, because starting the forkserver costs about 0.3 s once per process
+# and a header takes about 0.4 ms (estimates from benchmarks/dicom_scan.py on 2 cores).
 PARALLEL_MIN_FILES = 400
 CHUNK_FILES = 200
 

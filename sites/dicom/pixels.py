@@ -1,9 +1,9 @@
 """Decode one DICOM file into modality values (for CT: Hounsfield units) as MONOCHROME2.
 
-Per file, in this order: the Part-10 header check (or, in tolerant mode, an
-inferred transfer syntax for a consistent header-less file), the decoder
-check, the pixel byte count, decoding, MONOCHROME1 inversion and the modality
-LUT (rescale slope and intercept, per frame for enhanced images). Each step
+Per file, in this order: the Part-10 header check, the decoder check, the
+pixel byte count, decoding, MONOCHROME1 inversion and the modality LUT
+(rescale slope and intercept, per frame for enhanced images). In tolerant
+mode a consistent header-less file is read with an inferred transfer syntax. Each step
 that rejects a file raises an IngestionError naming the file by its path
 relative to the data root, the tag keyword and the rule, never a value from
 the file. Decoded values may of course be patient data: they stay on site.
@@ -77,7 +77,7 @@ class UnsupportedImageError(IngestionError):
 
 
 class ReadOptions(BaseModel):
-    """How strictly files are read; the site sets these, the contract sets the rescale rule."""
+    """Reading options: the site sets strictness, the contract sets the rescale rule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -133,6 +133,7 @@ def _read_dataset(path: Path, relative: str, options: ReadOptions, notes: dict[s
             return dcmread(path)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
             raise IngestionError(relative, f"file could not be read as DICOM ({type(exc).__name__})") from None
+
     if not options.tolerant_headerless:
         raise HeaderlessRejectedError(
             relative, "file has no Part-10 preamble and file meta; strict mode rejects it "
@@ -142,6 +143,7 @@ def _read_dataset(path: Path, relative: str, options: ReadOptions, notes: dict[s
         ds = dcmread(path, force=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is inconsistent
         raise HeaderlessRejectedError(relative, f"header-less file could not be parsed ({type(exc).__name__})") from None
+
     missing = [keyword for keyword in ("Rows", "Columns", "BitsAllocated", "PixelData") if keyword not in ds]
     if missing:
         raise HeaderlessRejectedError(relative, f"header-less file lacks {missing}; not read")
@@ -152,6 +154,7 @@ def _read_dataset(path: Path, relative: str, options: ReadOptions, notes: dict[s
             relative, f"header-less file is inconsistent: PixelData has {found} bytes, "
             f"its image attributes require {expected}"
         )
+
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = inferred_transfer_syntax(ds)
     notes["transfer_syntax_inferred"] = True

@@ -5,9 +5,9 @@ of soft tissue (40 HU) with Gaussian noise, and in about half of the studies
 one spherical lesion (80 HU) centred on the middle slice. Each series has a
 label (lesion present) and a mask in the site's `labels.csv`. Sites differ
 the way hospitals do: scanner vendor tags and private blocks, pixel spacing,
-slice thickness, rescale slope and intercept, signed or unsigned storage,
-MONOCHROME1 at one site, RLE Lossless compression at another, and
-InstanceNumbers that do not follow slice order.
+slice thickness, rescale slope and intercept, and signed or unsigned storage.
+One site stores MONOCHROME1 with every InstanceNumber 1, and another
+compresses with RLE Lossless.
 
 The same configuration and seed write byte-identical files: every UID comes
 from `generate_uid` with fixed entropy sources and no timestamps are written.
@@ -37,7 +37,7 @@ LESION_RADIUS_MM = (2.0, 3.5)
 
 
 class SiteProfile(BaseModel):
-    """How one synthetic hospital's scanner writes its images."""
+    """Scanner settings of one synthetic hospital."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,7 +130,7 @@ def _write_study(
     folder = site_root / "dicom" / f"study_{study:04d}"
     folder.mkdir(parents=True, exist_ok=True)
 
-    # Files are named by SOPInstanceUID hash order, so names say nothing about slice order.
+    # Files are named after the SOPInstanceUID's last component, which carries no slice order.
     for slice_index in rng.permutation(config.slices):
         sop_uid = _uid(config, profile.name, study, "instance", slice_index)
         ds = _slice_dataset(profile, config, hu[slice_index], int(slice_index), study, study_uid, series_uid, sop_uid)

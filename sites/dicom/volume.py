@@ -3,7 +3,7 @@
 Slices (or the frames of enhanced multi-frame files) are ordered by their
 position along the slice normal, never by InstanceNumber or file name. The
 normal is the cross product of the row and column directions in
-ImageOrientationPatient; enhanced images take position, orientation and
+ImageOrientationPatient. Enhanced images take position, orientation and
 spacing from their functional groups, and missing geometry is an error.
 """
 
