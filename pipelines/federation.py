@@ -197,13 +197,16 @@ def _run_rounds(
         accepted: list[str] = []
         updates = _valid_updates(results, dropped, accepted, store, global_state, config, federation_id,
                                  round_number, local_keys=local_keys, hints=hints)
+        aggregation_error: AggregationError | None = None
         try:
             candidate = strategy.aggregate(global_state, updates)
-        except AggregationError:
-            candidate = None
+        except AggregationError as exc:
+            # For example every accepted site reported zero examples, or too few
+            # sites for a robust strategy (Krum needs 2f + 3).
+            candidate, aggregation_error = None, exc
         _require_quorum(config, {s: results[s] for s in accepted}, dropped, f"round {round_number}")
-        if candidate is None:  # every accepted site reported zero examples
-            raise QuorumNotMet(f"round {round_number}: no accepted site had any training examples")
+        if candidate is None:
+            raise QuorumNotMet(f"round {round_number}: {strategy.name} could not aggregate: {aggregation_error}")
         global_state = candidate
         global_key = _publish_global(store, federation_id, round_number, global_state, config)
 

@@ -103,3 +103,10 @@ def test_flow_fine_tuning_logs_before_and_after(tmp_path):
         assert summary.site_metrics[site]["before_fine_tuning/accuracy"] == pytest.approx(
             summary.site_metrics[site]["accuracy"]
         )
+
+
+def test_flow_reports_why_aggregation_failed(tmp_path):
+    from medfed.pipelines.federation import QuorumNotMet
+
+    with pytest.raises(QuorumNotMet, match="krum could not aggregate.*at least 2 \\* 1 \\+ 3 = 5"):
+        run(tmp_path, {"name": "krum", "num_byzantine": 1}, {"name": "logistic_regression"})
