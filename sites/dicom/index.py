@@ -152,7 +152,17 @@ def scan_folder(
         raise ValueError(f"subfolder {subfolder!r} is outside the data root")
     if not folder.is_dir():
         raise FileNotFoundError(f"DICOM folder {subfolder!r} not found under the data root")
-    paths = sorted(str(path.relative_to(root)) for path in folder.rglob("*") if path.is_file())
+    paths, outside = [], 0
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        if not path.resolve().is_relative_to(root):
+            outside += 1  # a symbolic link out of the data root: never read
+            continue
+        paths.append(str(path.relative_to(root)))
+    if outside:
+        logger.warning("%s: skipped %d file(s) that link outside the data root", root.name, outside)
+    paths.sort()
     outcomes = _scan_paths(root, paths, contract, workers=workers, tolerant=tolerant)
     return build_index(root, outcomes, contract)
 

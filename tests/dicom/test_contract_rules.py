@@ -262,3 +262,16 @@ def test_required_binary_zero_is_present(tmp_path: Path) -> None:
 
     assert ("required_tag", "PixelRepresentation") not in broken
     assert ("required_tag", "PatientName") in broken
+
+
+def test_scan_skips_links_outside_root(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    good_dataset().save_as(root / "inside.dcm", enforce_file_format=True)
+    good_dataset().save_as(tmp_path / "outside.dcm", enforce_file_format=True)
+    (root / "link.dcm").symlink_to(tmp_path / "outside.dcm")
+
+    index = scan_folder(root, CONTRACT, workers=1)
+
+    assert index.report.rows_read == 1
+    assert [i.path for entry in index.series.values() for i in entry.instances] == ["inside.dcm"]
