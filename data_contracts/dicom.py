@@ -256,7 +256,9 @@ def file_rules(contract: DicomContract) -> list[RuleSpec]:
             RuleSpec("private_creator", "PrivateCreator",
                      f"private blocks allowed only for {len(deid.allowed_private_creators)} listed creators")
         )
-    rules.append(RuleSpec("pixel_data_complete", "PixelData", "pixel data must be as long as its header declares"))
+    rules.append(
+        RuleSpec("pixel_data_complete", "PixelData", "PixelData must be present and as long as the image attributes require")
+    )
     rules.append(
         RuleSpec("burned_in_text", None,
                  f"may carry burned-in text (SOP class, modality, ImageType or BurnedInAnnotation); "
