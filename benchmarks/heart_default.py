@@ -38,7 +38,9 @@ from medfed.data_contracts.tabular import Policy, load_contract, validate_file  
 from medfed.models import build_model  # noqa: E402
 from medfed.pipelines.strategies import SiteUpdate, build_strategy  # noqa: E402
 from medfed.pipelines.strategy_support import site_training_config  # noqa: E402
+from medfed.sites.config import load_site_config  # noqa: E402
 from medfed.sites.control_variates import gradient_correction, next_control_variate  # noqa: E402
+from medfed.sites.datasets import DataSpec, open_dataset  # noqa: E402
 from medfed.sites.job import site_seed  # noqa: E402
 from medfed.sites.preprocessing import (  # noqa: E402
     PreprocessingPlan,
@@ -52,6 +54,7 @@ from medfed.sites.training import LocalTrainingConfig, evaluate, train_local  # 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "heart_disease"
 RESULTS_PATH = REPO_ROOT / "benchmarks" / "results" / "heart_default.json"
+EXAMPLE_SITES = REPO_ROOT / "examples" / "heart_disease" / "sites"
 POOLED_REFERENCE = 0.7348  # pooled row of benchmarks/fed_heart_disease.py, seeds 42-46
 TARGET = 0.735
 MIN_COUNT = 10  # the example sites' min_count
@@ -94,6 +97,23 @@ class BenchmarkRowsDataset:
         return self._train_x, self.train_labels
 
 
+def load_demo_split_sites() -> dict[str, Any]:
+    """Open the example sites through the site job's own dataset code, with the demo's 66/34 split.
+
+    On this split `run_candidate` computes exactly what the central flow
+    computes, so its accuracies can be compared with
+    `benchmarks/results/demo_seeds.json`.
+    """
+    spec = DataSpec(dataset="heart_disease", features=FEATURES, test_fraction=0.34, split_seed=43)
+    sites = {
+        site: open_dataset(load_site_config(EXAMPLE_SITES / f"{site}.yaml"), spec) for site in SITES
+    }
+    plan = merge_statistics([data.statistics(MIN_COUNT) for data in sites.values()], FEATURES)
+    for data in sites.values():
+        data.prepare(plan)
+    return sites
+
+
 def load_sites() -> dict[str, BenchmarkRowsDataset]:
     """Validate each site's file with medfed's contract and split it on FLamby's test rows."""
     contract = load_contract("uci_heart_disease")
@@ -122,7 +142,7 @@ class Candidate:
     model: str = "logistic_regression"
 
 
-def run_candidate(candidate: Candidate, sites: dict[str, BenchmarkRowsDataset], seed: int) -> dict[str, float]:
+def run_candidate(candidate: Candidate, sites: dict[str, Any], seed: int) -> dict[str, float]:
     """Run one federation the way the site job and the central flow do, and score the final model."""
     strategy = build_strategy(candidate.strategy)
     hints = strategy.site_hints()
@@ -157,7 +177,7 @@ def run_candidate(candidate: Candidate, sites: dict[str, BenchmarkRowsDataset], 
     return {site: evaluate(global_model, sites[site])["accuracy"] for site in SITES}
 
 
-def run_pooled(sites: dict[str, BenchmarkRowsDataset], seed: int) -> dict[str, float]:
+def run_pooled(sites: dict[str, Any], seed: int) -> dict[str, float]:
     """Train on every site's training rows together (Adam, lr 0.001, 50 epochs, batch 4), as FLamby's pooled row does."""
     x = torch.cat([data.train_tensors()[0] for data in sites.values()])
     y = torch.cat([data.train_tensors()[1] for data in sites.values()])
@@ -202,12 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", default="all", help="comma-separated candidate names, or 'all'")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON result file")
+    parser.add_argument(
+        "--split",
+        choices=["flamby", "demo"],
+        default="flamby",
+        help="test rows: FLamby's (default), or the demo's own split, to compare with the central flow",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
     names = [POOLED, *CANDIDATES] if args.candidates == "all" else args.candidates.split(",")
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    sites = load_sites()
+    sites = load_sites() if args.split == "flamby" else load_demo_split_sites()
     print(f"train/test rows per site: { {s: (d.num_train, d.num_test) for s, d in sites.items()} }")
 
     rows = []
