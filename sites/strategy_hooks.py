@@ -92,6 +92,8 @@ class StrategyHooks:
                 steps=result.steps,
                 learning_rate=self.training.lr,
             )
+            # NOTE: c_i is saved before the centre accepts the update. If the centre
+            # rejects it, c no longer equals the weighted mean of the sites' c_i.
             self.state.save(CONTROL_VARIATE_STATE, updated)
         return RoundOutput(shared_state=shared, control_variate_change=change)
 
