@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,13 +139,15 @@ def scan_folder(
     subfolder: str = ".",
     workers: int | None = None,
     tolerant: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> DicomIndex:
     """Index every file under `root / subfolder` from its header and check it against `contract`.
 
     Paths in the index and the report are relative to `root`, the site's
     data root. `workers` defaults to the CPUs this process may use;
     `tolerant` reads files without the Part-10 header, with the transfer
-    syntax inferred.
+    syntax inferred. `on_progress(files_done, files_total)` is called after
+    each chunk of files, for progress bars.
     """
     root = root.resolve()
     folder = (root / subfolder).resolve()
@@ -163,7 +166,7 @@ def scan_folder(
     if outside:
         logger.warning("%s: skipped %d file(s) that link outside the data root", root.name, outside)
     paths.sort()
-    outcomes = _scan_paths(root, paths, contract, workers=workers, tolerant=tolerant)
+    outcomes = _scan_paths(root, paths, contract, workers=workers, tolerant=tolerant, on_progress=on_progress)
     return build_index(root, outcomes, contract)
 
 
@@ -176,20 +179,32 @@ def available_cpus() -> int:
 
 
 def _scan_paths(
-    root: Path, paths: list[str], contract: DicomContract, *, workers: int | None, tolerant: bool
+    root: Path,
+    paths: list[str],
+    contract: DicomContract,
+    *,
+    workers: int | None,
+    tolerant: bool,
+    on_progress: Callable[[int, int], None] | None,
 ) -> list[FileOutcome]:
     workers = workers or available_cpus()
+    contract_data = contract.model_dump(mode="json")
+    outcomes: list[FileOutcome] = []
     if workers == 1 or len(paths) < PARALLEL_MIN_FILES:
-        return scan_chunk(str(root), paths, contract.model_dump(mode="json"), tolerant)
+        for start in range(0, len(paths), CHUNK_FILES):
+            outcomes.extend(scan_chunk(str(root), paths[start:start + CHUNK_FILES], contract_data, tolerant))
+            if on_progress is not None:
+                on_progress(len(outcomes), len(paths))
+        return outcomes
 
     chunk_size = max(1, min(CHUNK_FILES, len(paths) // (workers * 4) or 1))
     chunks = [paths[start:start + chunk_size] for start in range(0, len(paths), chunk_size)]
-    contract_data = contract.model_dump(mode="json")
-    outcomes: list[FileOutcome] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
         futures = [pool.submit(scan_chunk, str(root), chunk, contract_data, tolerant) for chunk in chunks]
         for future in futures:
             outcomes.extend(future.result())
+            if on_progress is not None:
+                on_progress(len(outcomes), len(paths))
     return outcomes
 
 

@@ -211,11 +211,14 @@ def test_parallel_scan_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(index_module, "PARALLEL_MIN_FILES", 1)
     monkeypatch.setattr(index_module, "CHUNK_FILES", 2)
 
+    progress: list[tuple[int, int]] = []
+
     serial = scan_folder(tmp_path, CONTRACT, workers=1)
-    parallel = scan_folder(tmp_path, CONTRACT, workers=2)
+    parallel = scan_folder(tmp_path, CONTRACT, workers=2, on_progress=lambda done, total: progress.append((done, total)))
 
     assert parallel.report.model_dump() == serial.report.model_dump()
     assert parallel.series.keys() == serial.series.keys()
+    assert progress == [(done, 6) for done in range(1, 7)]  # six chunks of one file
 
 
 def test_report_holds_no_values(tmp_path: Path) -> None:
