@@ -400,6 +400,8 @@ def _is_sequence(tag: int, element: object) -> bool:
     if vr is None:
         # Implicit VR: a public tag's VR comes from the data dictionary, and pydicom
         # reads a private element of undefined length as a sequence.
+        # NOTE: a private sequence of defined length in an implicit VR file looks
+        # like bytes here, so the watched tags inside it are not checked.
         return tag in SEQUENCE_TAGS or bool(getattr(element, "is_undefined_length", False))
     return False
 
