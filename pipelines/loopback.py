@@ -131,12 +131,16 @@ class LoopbackStack:
         home.mkdir(parents=True, exist_ok=True)
         return env
 
-    def start_servers(self) -> tuple[str, str]:
-        """Start the Prefect and MLflow servers at once and wait until both answer; return their URLs."""
+    def start_servers(self, prefect_settings: dict[str, str] | None = None) -> tuple[str, str]:
+        """Start the Prefect and MLflow servers at once and wait until both answer; return their URLs.
+
+        `prefect_settings` adds PREFECT_* environment settings for the Prefect server.
+        """
         prefect_port, mlflow_port = free_port(), free_port()
         prefect_home = self.root / "prefect-server"
         prefect_env = self._base_env(prefect_home)
         prefect_env["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
+        prefect_env.update(prefect_settings or {})
         prefect = self.start_process("prefect-server", [str(self.bin_dir / "prefect"), "server", "start", "--host",
                                                  "127.0.0.1", "--port", str(prefect_port), "--no-ui"],
                               prefect_env, prefect_home)

@@ -45,7 +45,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import Completed, Crashed, Failed, Pending, Running
+from prefect.states import Completed, Crashed, Failed, Running
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import BaseModel, ValidationError
@@ -201,6 +201,11 @@ class SiteAgent:
 class SiteAgentJobConfiguration(BaseJobConfiguration):
     """Job configuration of the site agent, which starts no infrastructure and so adds no fields."""
 
+    @classmethod
+    async def resolve_for_flow_run(cls, flow_run: FlowRun, **kwargs: Any) -> SiteAgentJobConfiguration:
+        """Return an empty configuration without the base class's API reads: the agent uses none of it."""
+        return cls()
+
 
 class SiteAgentVariables(BaseVariables):
     """Job variables of the site agent (the base ones, which it ignores)."""
@@ -232,6 +237,9 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
         self.agent = agent
         self.stopping = False
         self.current: RunningJob | None = None
+        self._flow_names: dict[UUID, str] = {}
+        # Flow runs checked and claimed, waiting for `run`: flow run id -> (installed flow, parameter).
+        self._accepted: dict[UUID, tuple[InstalledFlow, BaseModel]] = {}
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if self.stopping:
@@ -283,18 +291,36 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
         ])
 
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Check the flow run, then claim it by moving it straight from Scheduled to Running.
+
+        A rejected flow run goes from Scheduled to Failed and never runs. The
+        base worker's Pending state is skipped: each state is one API write,
+        and on a SQLite-backed Prefect server every write can collide with a
+        write of the centre or of another site and wait for a retry.
+        """
+        site = self.agent.config.site_id
+        flow_name = await self._flow_name(flow_run.flow_id)
+        try:
+            self._accepted[flow_run.id] = validate_flow_run(self.agent.config, flow_name, dict(flow_run.parameters))
+        except RequestRejected as exc:
+            logger.error("site %s: flow run %s (%s) rejected, nothing run: %s", site, flow_run.id, flow_name, exc)
+            await self._set_state(flow_run, Failed(message=f"rejected by site {site}: {exc}"))
+            return False
         try:
             state = await retry_busy(
-                self.client, lambda: propose_state(self.client, Pending(), flow_run_id=flow_run.id), "claim flow run"
+                self.client, lambda: propose_state(self.client, Running(), flow_run_id=flow_run.id), "claim flow run"
             )
         except Abort as exc:
-            logger.info("site %s: flow run %s not claimed, the server rejected the Pending state: %s",
-                        self.agent.config.site_id, flow_run.id, exc)
-            return False
+            logger.info("site %s: flow run %s not claimed, the server rejected the Running state: %s",
+                        site, flow_run.id, exc)
+            state = None
         except (httpx.HTTPError, ServerBusy) as exc:
-            logger.warning("site %s: could not claim flow run %s: %s", self.agent.config.site_id, flow_run.id, exc)
+            logger.warning("site %s: could not claim flow run %s: %s", site, flow_run.id, exc)
+            state = None
+        if state is None or not state.is_running():
+            self._accepted.pop(flow_run.id, None)
             return False
-        return state.is_pending()
+        return True
 
     async def run(
         self,
@@ -305,17 +331,11 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
         if task_status is not None:
             # No infrastructure id: the job runs inside the agent, and recording one is an API write.
             task_status.started(None)
-        site = self.agent.config.site_id
-        flow_name = (await self.client.read_flow(flow_run.flow_id)).name
-        try:
-            installed, request = validate_flow_run(self.agent.config, flow_name, dict(flow_run.parameters))
-        except RequestRejected as exc:
-            message = f"rejected by site {site}: {exc}"
-            logger.error("site %s: flow run %s (%s) rejected, nothing run: %s", site, flow_run.id, flow_name, exc)
-            await self._set_state(flow_run, Failed(message=message))
-            return SiteAgentResult(identifier=str(flow_run.id), status_code=0)
-
-        label = flow_name
+        accepted = self._accepted.pop(flow_run.id, None)
+        if accepted is None:  # only runs claimed by `_propose_pending_state` reach here
+            raise RuntimeError(f"flow run {flow_run.id} reached the agent without being checked and claimed")
+        installed, request = accepted
+        label = installed.flow.name
         if isinstance(request, RoundRequest):
             label = f"{request.phase} of federation {request.federation_id} round {request.round}"
         job = RunningJob(flow_run, label)
@@ -328,20 +348,12 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
         return SiteAgentResult(identifier=str(flow_run.id), status_code=0)
 
     async def _execute(self, flow_run: FlowRun, installed: InstalledFlow, request: BaseModel, label: str) -> str:
-        """Run the installed flow's function in a thread, moving the flow run Running -> Completed or Failed.
+        """Run the installed flow's function in a thread and set the flow run Completed or Failed.
 
-        The agent sets these two states itself instead of going through
-        Prefect's flow engine, because the engine adds several API writes per
-        flow run. On a SQLite-backed Prefect server each write can collide
-        with another site's write and wait for a retry.
+        The agent sets the states itself instead of going through Prefect's
+        flow engine, because the engine adds several API writes per flow run.
         """
         site = self.agent.config.site_id
-        running = await retry_busy(self.client, lambda: propose_state(self.client, Running(), flow_run_id=flow_run.id),
-                                   "set flow run Running")
-        if not running.is_running():
-            logger.warning("site %s: flow run %s (%s) not started, the server set it %s", site, flow_run.id,
-                           label, running.type.value)
-            return running.type.value
         try:
             await anyio.to_thread.run_sync(partial(installed.flow.fn, request), abandon_on_cancel=True)
         except Exception as exc:  # the job's own error, reported to the centre by type and message
@@ -357,6 +369,11 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
 
     async def _give_worker_labels_to_flow_run(self, flow_run_id: Any) -> None:
         """Skip copying worker labels to the flow run, one API write per run that the agent does not need."""
+
+    async def _flow_name(self, flow_id: UUID) -> str:
+        if flow_id not in self._flow_names:
+            self._flow_names[flow_id] = (await self.client.read_flow(flow_id)).name
+        return self._flow_names[flow_id]
 
     async def _set_state(self, flow_run: FlowRun, state: Any) -> None:
         try:

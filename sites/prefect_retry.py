@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 12
 FIRST_DELAY_S = 0.05
 BACKOFF = 1.5
+# Guards the swap of `send` when calls overlap on one client (threads of the centre, tasks of an agent).
+_SWAP_LOCK = threading.Lock()
 
 
 class ServerBusy(RuntimeError):
@@ -57,26 +60,28 @@ def _checked(response: httpx.Response) -> httpx.Response:
 def _single_attempt(client: Any) -> Iterator[None]:
     """Make `client` (a PrefectClient or SyncPrefectClient) send each request once, without sleeping."""
     http = client._client
-    depth = getattr(http, "_medfed_single_attempt_depth", 0)
-    http._medfed_single_attempt_depth = depth + 1
-    if depth:  # an overlapping call on the same client already swapped `send`
-        try:
-            yield
-        finally:
+    with _SWAP_LOCK:
+        depth = getattr(http, "_medfed_single_attempt_depth", 0)
+        http._medfed_single_attempt_depth = depth + 1
+        if depth == 0:
+            http.send = _send_once(http)
+    try:
+        yield
+    finally:
+        with _SWAP_LOCK:
             http._medfed_single_attempt_depth -= 1
-        return
+            if http._medfed_single_attempt_depth == 0:
+                del http.send  # back to the class's retrying send
+
+
+def _send_once(http: httpx.Client | httpx.AsyncClient) -> Callable[..., Any]:
     if isinstance(http, httpx.AsyncClient):
         async def send_once(request: httpx.Request, *args: Any, **kwargs: Any) -> httpx.Response:
             return _checked(await httpx.AsyncClient.send(http, request, *args, **kwargs))
     else:
         def send_once(request: httpx.Request, *args: Any, **kwargs: Any) -> httpx.Response:
             return _checked(httpx.Client.send(http, request, *args, **kwargs))
-    http.send = send_once
-    try:
-        yield
-    finally:
-        http._medfed_single_attempt_depth -= 1
-        del http.send  # back to the class's retrying send
+    return send_once
 
 
 async def retry_busy(client: Any, call: Callable[[], Awaitable[T]], what: str) -> T:
