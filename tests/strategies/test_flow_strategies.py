@@ -24,6 +24,16 @@ LAYER_NORM_KEYS = {"net.1.weight", "net.1.bias"}
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def isolated_tracking_uri(monkeypatch):
+    """Undo the MLFLOW_TRACKING_URI that `mlflow.set_tracking_uri` leaves in the environment.
+
+    The final-model logging sets it, and later tests read it as the default
+    tracking URI.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///unused-by-these-tests.db")
+
+
 def write_site(folder: Path, site_id: str) -> Path:
     data_root = folder / site_id / "data"
     data_root.mkdir(parents=True)
