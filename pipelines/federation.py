@@ -204,7 +204,8 @@ def _run_rounds(
             # For example every accepted site reported zero examples, or too few
             # sites for a robust strategy (Krum needs 2f + 3).
             candidate, aggregation_error = None, exc
-        _require_quorum(config, {s: results[s] for s in accepted}, dropped, f"round {round_number}")
+        _require_quorum(config, {s: results[s] for s in accepted}, dropped, f"round {round_number}",
+                        asked=len(round_sites))
         if candidate is None:
             raise QuorumNotMet(f"round {round_number}: {strategy.name} could not aggregate: {aggregation_error}")
         global_state = candidate
@@ -269,12 +270,20 @@ def _split_outcomes(outcomes: dict[str, SiteResult | SiteFailure]) -> tuple[dict
     return results, failures
 
 
-def _require_quorum(config: ExperimentConfig, results: dict, dropped: dict[str, str], phase: str) -> None:
-    if len(results) < config.min_sites:
+def _require_quorum(
+    config: ExperimentConfig, results: dict, dropped: dict[str, str], phase: str, *, asked: int | None = None
+) -> None:
+    """Raise QuorumNotMet when fewer than min_sites results are valid, or fewer than `asked` sites if lower.
+
+    `asked` is the number of sites the strategy chose for the round, so a
+    cyclic round, which asks one site, needs only that one.
+    """
+    required = config.min_sites if asked is None else min(config.min_sites, asked)
+    if len(results) < required:
         reasons = "; ".join(f"{s}: {r}" for s, r in sorted(dropped.items())) or "no site answered"
         raise QuorumNotMet(
-            f"{phase}: {len(results)} site(s) returned a valid result, fewer than min_sites="
-            f"{config.min_sites} ({reasons})"
+            f"{phase}: {len(results)} site(s) returned a valid result, fewer than the {required} required "
+            f"(min_sites={config.min_sites}, {asked if asked is not None else 'all'} asked) ({reasons})"
         )
 
 
