@@ -68,6 +68,8 @@ class Krum(Strategy):
             name for name, tensor in global_state.items()
             if tensor.is_floating_point() and all(name in update.tensors for update in updates)
         )  # fmt: skip
+        if not names:
+            raise AggregationError("krum: the updates share no floating tensor to measure distances on")
         vectors = torch.stack([flatten_floating(update, names) for update in updates])
         scores = krum_scores(vectors, faulty)
         order = torch.argsort(scores, stable=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from medfed.pipelines.strategies import AggregationError, Krum, Median, TrimmedMean, build_strategy
+from medfed.pipelines.strategies import AggregationError, Krum, Median, SiteUpdate, TrimmedMean, build_strategy
 
 from .conftest import make_updates
 
@@ -100,3 +100,10 @@ def test_krum_too_few_sites_raises(global_state):
     updates, _ = make_updates(seed=45, num_examples={"a": 1, "b": 2, "c": 0, "d": 3})
     with pytest.raises(AggregationError, match="at least 2 \\* 1 \\+ 3 = 5"):
         Krum(Krum.config_class(num_byzantine=1)).aggregate(global_state, updates)
+
+
+def test_krum_without_shared_floats_raises():
+    counter = {"norm.num_batches_tracked": torch.tensor(3)}
+    updates = [SiteUpdate(site, 1, dict(counter)) for site in "abc"]
+    with pytest.raises(AggregationError, match="no floating tensor"):
+        Krum().aggregate(counter, updates)
