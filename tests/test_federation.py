@@ -16,7 +16,7 @@ from medfed.data_contracts.tabular import load_contract, validate_file
 from medfed.pipelines.config import ExperimentConfig
 from medfed.pipelines.federation import FederationSummary, federation_flow
 from medfed.sites.config import load_site_config
-from tests_support import assert_no_pickle
+from tests_support import assert_no_pickle, write_site
 
 SITES = ("cleveland", "hungarian", "va")
 FEATURES = {
@@ -46,8 +46,6 @@ def make_config(tmp_path: Path, site_configs: list[Path], **overrides) -> Experi
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> tuple[ExperimentConfig, FederationSummary, list[Path]]:
     tmp_path = tmp_path_factory.mktemp("federation")
-    from conftest import write_site
-
     site_configs = [write_site(tmp_path / "sites", s) for s in SITES]
     config = make_config(tmp_path, site_configs)
     summary = federation_flow(config)
@@ -203,8 +201,6 @@ def test_same_seed_gives_identical_models(federation, tmp_path: Path) -> None:
 
 
 def test_broken_site_is_left_out_and_recorded(tmp_path: Path) -> None:
-    from conftest import write_site
-
     good = [write_site(tmp_path / "sites", s) for s in ("cleveland", "hungarian")]
     rows = (Path(__file__).parent.parent / "data/heart_disease/va/processed.va.data").read_text().splitlines()
     rows[3] = rows[3].replace("55,1,4,142", "55,1,9,142")  # cp = 9 breaks allowed_values
@@ -225,7 +221,6 @@ def test_broken_site_is_left_out_and_recorded(tmp_path: Path) -> None:
 
 
 def test_quorum_not_met_fails_run_but_keeps_record(tmp_path: Path) -> None:
-    from conftest import write_site
     from medfed.pipelines.federation import QuorumNotMet
 
     good = write_site(tmp_path / "sites", "cleveland")
@@ -240,7 +235,6 @@ def test_quorum_not_met_fails_run_but_keeps_record(tmp_path: Path) -> None:
 
 
 def test_site_missing_deadline_is_left_out(tmp_path: Path) -> None:
-    from conftest import write_site
     from medfed.pipelines.federation import QuorumNotMet
 
     config = make_config(tmp_path, [write_site(tmp_path / "sites", "cleveland")], min_sites=1,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "heart_disease"
 
 
 def assert_no_pickle(path: Path) -> None:
@@ -20,3 +24,23 @@ def assert_no_pickle(path: Path) -> None:
         assert 8 + header_length + max(ends, default=0) == len(data), path
     # Pickle protocols 2-5 open with the PROTO opcode; protocols 0-1 cannot parse as the above.
     assert data[:1] != pickle.PROTO, path
+
+
+def write_site(folder: Path, site_id: str, source: Path | None = None, *, policy: str = "drop",
+               min_count: int = 10, contract: str = "uci_heart_disease", text: str | None = None) -> Path:
+    """Create a site folder with its own copy of a data file and a site config; return the config path."""
+    data_root = folder / site_id / "data"
+    data_root.mkdir(parents=True)
+    target = data_root / "table.csv"
+    if text is not None:
+        target.write_text(text)
+    else:
+        shutil.copyfile(source or DATA / site_id / f"processed.{site_id}.data", target)
+    config = folder / site_id / "site.yaml"
+    config.write_text(
+        f"site_id: {site_id}\n"
+        f"data_root: data\n"
+        f"datasets:\n  - {{name: heart_disease, contract: {contract}, path: table.csv}}\n"
+        f"policy: {policy}\nmin_count: {min_count}\nwork_dir: state\n"
+    )
+    return config
