@@ -193,7 +193,10 @@ class LoopbackStack:
         return env
 
     def stop_all(self) -> None:
-        """Stop every process this stack started, agents first, servers last."""
+        """Stop every process this stack started: SIGTERM to all at once, then wait for each in turn."""
+        for process in reversed(self.processes):
+            if process.alive():
+                _signal_group(process.pid, signal.SIGTERM)
         for process in reversed(self.processes):
             process.stop()
 
