@@ -26,7 +26,7 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
-# Seconds a server may take to answer its health check after start. A cold
+# Seconds a server may take to pass its health check after start. A cold
 # Prefect or MLflow server took about 10 s each on a 2-core machine with both
 # starting at once; the margin covers slower CI machines.
 SERVER_START_TIMEOUT_S = 90.0
@@ -132,7 +132,7 @@ class LoopbackStack:
         return env
 
     def start_servers(self, prefect_settings: dict[str, str] | None = None) -> tuple[str, str]:
-        """Start the Prefect and MLflow servers at once and wait until both answer; return their URLs.
+        """Start the Prefect and MLflow servers at once and wait until both pass their health checks; return their URLs.
 
         `prefect_settings` adds PREFECT_* environment settings for the Prefect server.
         """
@@ -202,7 +202,7 @@ class LoopbackStack:
 
 
 def wait_until_healthy(process: ManagedProcess, url: str, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
-    """Wait until `url` answers 200; raise with the process log tail when it exits or times out."""
+    """Wait until `url` returns HTTP 200; raise with the process log tail when it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not process.alive():
@@ -214,7 +214,7 @@ def wait_until_healthy(process: ManagedProcess, url: str, timeout_s: float = SER
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{process.name} did not answer {url} within {timeout_s:g} s:\n{process.log_text()[-3000:]}")
+    raise TimeoutError(f"{process.name} did not return HTTP 200 at {url} within {timeout_s:g} s:\n{process.log_text()[-3000:]}")
 
 
 def wait_for_log(process: ManagedProcess, text: str, timeout_s: float) -> None:

@@ -455,7 +455,7 @@ async def _serve(agent: SiteAgent) -> str:
                 signals_received.append(signal.Signals(signum).name)
                 stop_requested.set()
 
-    async def stop_when_asked(scope: anyio.CancelScope) -> None:
+    async def stop_on_signal(scope: anyio.CancelScope) -> None:
         nonlocal outcome
         await stop_requested.wait()
         worker.stopping = True
@@ -487,7 +487,7 @@ async def _serve(agent: SiteAgent) -> str:
         await ensure_work_pool(client, config)
     async with anyio.create_task_group() as group:
         group.start_soon(read_signals)
-        group.start_soon(stop_when_asked, group.cancel_scope)
+        group.start_soon(stop_on_signal, group.cancel_scope)
         if config.wake_on_events:
             group.start_soon(worker.wake_on_scheduled_runs)
         logger.info("site %s: agent polling work pool %s every %g s at %s", config.site_id, config.pool_name,

@@ -1,6 +1,6 @@
 """Prefect API writes retried quickly when a SQLite-backed Prefect server is busy.
 
-A Prefect server on SQLite answers 503 when two write transactions collide
+A Prefect server on SQLite responds with 503 when two write transactions collide
 ("database is locked"), which happens whenever several site agents and the
 centre write at the same moment. Prefect's client (`prefect.client.base`,
 Prefect 3.9) then sleeps 2 s, 4 s, ... between attempts, and it sleeps 2 s
@@ -12,7 +12,7 @@ retrying `send` replaced, for that call only, by a single plain httpx send.
 A 503 then raises `ServerBusy` at once, and the call is repeated after 50 ms,
 growing by half each time, for at most `MAX_ATTEMPTS` attempts (about 4 s
 in all). Other status codes raise as Prefect's client raises them. A
-PostgreSQL-backed Prefect server rarely answers 503, and then this costs
+PostgreSQL-backed Prefect server rarely responds with 503, and then this costs
 nothing.
 
 NOTE: the swap replaces an attribute of the shared HTTP client while the call
@@ -45,7 +45,7 @@ _SWAP_LOCK = threading.Lock()
 
 
 class ServerBusy(RuntimeError):
-    """The Prefect server answered 503 (a busy SQLite database); the call may be repeated."""
+    """The Prefect server responded with 503 (a busy SQLite database), so the call may be repeated."""
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -85,7 +85,7 @@ def _send_once(http: httpx.Client | httpx.AsyncClient) -> Callable[..., Any]:
 
 
 async def retry_busy(client: Any, call: Callable[[], Awaitable[T]], what: str) -> T:
-    """Await `call()` (which uses `client`), repeating it quickly while the server answers 503."""
+    """Await `call()` (which uses `client`), repeating it quickly while the server responds with 503."""
     delay = FIRST_DELAY_S
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -101,7 +101,7 @@ async def retry_busy(client: Any, call: Callable[[], Awaitable[T]], what: str) -
 
 
 def retry_busy_sync(client: Any, call: Callable[[], T], what: str) -> T:
-    """Call `call()` (which uses `client`), repeating it quickly while the server answers 503."""
+    """Call `call()` (which uses `client`), repeating it quickly while the server responds with 503."""
     delay = FIRST_DELAY_S
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:

@@ -11,12 +11,12 @@ from medfed.sites.config import SiteConfig
 
 logger = logging.getLogger(__name__)
 
-# Seconds each health request may take before the server counts as not answering.
+# Seconds each health request may take before the server counts as unreachable.
 HEALTH_TIMEOUT_S = 5.0
 
 
 def check_servers(config: SiteConfig) -> list[CheckItem]:
-    """Check that the configured Prefect API and MLflow server answer; unset URLs are fine for the embedded shape."""
+    """Check that the configured Prefect API and MLflow server respond; unset URLs are fine for the embedded shape."""
     return [_check_prefect(config), _check_mlflow(config)]
 
 
@@ -33,13 +33,13 @@ def _check_prefect(config: SiteConfig) -> CheckItem:
     try:
         response = _get(url)
     except httpx.HTTPError as exc:
-        return CheckItem(name, False, f"{url} did not answer: {type(exc).__name__}: {exc}",
+        return CheckItem(name, False, f"{url} did not respond: {type(exc).__name__}: {exc}",
                          "check the URL, that the Prefect server runs, and that the firewall lets this host "
                          "connect out to it")
     if response.status_code != 200:
-        return CheckItem(name, False, f"{url} answered HTTP {response.status_code}",
+        return CheckItem(name, False, f"{url} returned HTTP {response.status_code}",
                          "prefect_api_url must end in /api, such as http://prefect.example.org:4200/api")
-    return CheckItem(name, True, f"{config.prefect_api_url} answers; work pool {config.pool_name}")
+    return CheckItem(name, True, f"{config.prefect_api_url} responds; work pool {config.pool_name}")
 
 
 def _check_mlflow(config: SiteConfig) -> CheckItem:
@@ -52,16 +52,16 @@ def _check_mlflow(config: SiteConfig) -> CheckItem:
         health = _get(f"{uri}/health")
         artifacts = _get(f"{uri}/api/2.0/mlflow-artifacts/artifacts", path="")
     except httpx.HTTPError as exc:
-        return CheckItem(name, False, f"{uri} did not answer: {type(exc).__name__}: {exc}",
+        return CheckItem(name, False, f"{uri} did not respond: {type(exc).__name__}: {exc}",
                          "check the URL, that the MLflow server runs, and that the firewall lets this host "
                          "connect out to it")
     if health.status_code != 200:
-        return CheckItem(name, False, f"{uri}/health answered HTTP {health.status_code}",
+        return CheckItem(name, False, f"{uri}/health returned HTTP {health.status_code}",
                          "mlflow_tracking_uri must be the tracking server's base URL")
     uses_proxy = config.exchange_uri is None or config.exchange_uri.startswith("mlflow-artifacts")
     if uses_proxy and artifacts.status_code != 200:
-        return CheckItem(name, False, f"the artifact proxy at {uri} answered HTTP {artifacts.status_code}",
+        return CheckItem(name, False, f"the artifact proxy at {uri} returned HTTP {artifacts.status_code}",
                          "start the MLflow server with --serve-artifacts (see mlflow/README.md), or set "
                          "exchange_uri to another store")
-    detail = f"{uri} answers" + ("; artifact proxy on" if uses_proxy else f"; exchange store {config.exchange_uri}")
+    detail = f"{uri} responds" + ("; artifact proxy on" if uses_proxy else f"; exchange store {config.exchange_uri}")
     return CheckItem(name, True, detail)
