@@ -202,8 +202,8 @@ def test_agent_stops_cleanly_on_sigterm(deployed: DeployedStack) -> None:
     deployed.restart_agent("hungarian")
 
 
-def _bad_request(federation_id: str, **changes) -> dict:
-    """A round request that fits the RoundRequest schema, with `changes` applied to it."""
+def _round_request(federation_id: str, **changes) -> dict:
+    """Return a round request that fits the RoundRequest schema, with `changes` applied to it."""
     request = {
         "federation_id": federation_id, "round": 1, "phase": "evaluate",
         "model": {"name": "logistic_regression", "kwargs": {"in_features": 13}},
@@ -250,7 +250,7 @@ def test_agent_rejects_bad_flow_runs(deployed: DeployedStack) -> None:
         deployment = client.read_deployment_by_name(f"site-round/{site}")
         for case, changes, reason in REJECTIONS:
             run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"request": _bad_request(f"reject-{case}", **changes)}, name=case)
+                deployment.id, parameters={"request": _round_request(f"reject-{case}", **changes)}, name=case)
             final = _wait_final(client, run.id)
             assert final.state.is_failed(), case
             assert reason in (final.state.message or ""), (case, final.state.message)
@@ -258,7 +258,7 @@ def test_agent_rejects_bad_flow_runs(deployed: DeployedStack) -> None:
 
         # An extra field does not fit the RoundRequest schema: the agent rejects it before any work.
         run = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"request": {**_bad_request("reject-extra"), "note": "x"}}, name="extra")
+            deployment.id, parameters={"request": {**_round_request("reject-extra"), "note": "x"}}, name="extra")
         final = _wait_final(client, run.id)
         assert final.state.is_failed()
         assert "does not fit the RoundRequest schema (invalid fields: note)" in (final.state.message or "")
@@ -276,3 +276,68 @@ def test_agent_rejects_bad_flow_runs(deployed: DeployedStack) -> None:
     # Nothing ran, so nothing left the site.
     assert sum(1 for _ in ledger.entries()) == entries_before
     assert agent.alive()
+
+
+
+
+def test_sigterm_finishes_or_abandons_job(deployed: DeployedStack) -> None:
+    """SIGTERM during a short job lets it finish; during a long one the job is abandoned and marked Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from medfed.models import build_model
+    from medfed.sites.datasets import DataSpec
+    from medfed.sites.exchange_store import put_state
+    from medfed.sites.preprocessing import SiteStatistics, merge_statistics
+
+    site = "cleveland"
+    federation_id = "sigterm-check"
+    store = MlflowArtifactStore(deployed.stack.mlflow_uri)
+    base = _round_request(federation_id)
+    base["data"] = {"dataset": "heart_disease", "kind": "tabular", "features": {
+        "numeric": ["age", "trestbps", "chol", "thalach", "oldpeak"], "binary": ["sex", "fbs", "exang"],
+        "categorical": {"cp": [1, 2, 3, 4], "restecg": [0, 1, 2]}}}
+    spec = DataSpec.model_validate(base["data"])
+    base["model"] = {"name": "logistic_regression", "kwargs": {"in_features": spec.features.num_inputs}}
+
+    with temporary_settings(updates={PREFECT_API_URL: deployed.stack.prefect_api_url}), \
+            get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"site-round/{site}")
+        stats_request = {**base, "round": 0, "phase": "statistics", "global_model": None}
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"request": stats_request})
+        assert _wait_final(client, run.id).state.is_completed()
+        statistics = SiteResult.model_validate_json(
+            store.get(f"{federation_id}/round_0000/results/statistics/{site}.json")).statistics
+        plan = merge_statistics([SiteStatistics.model_validate(statistics.model_dump())], spec.features)
+        model = build_model("logistic_regression", in_features=spec.features.num_inputs)
+        put_state(store, f"{federation_id}/round_0001/global", model.state_dict(), kind="global_model",
+                  federation_id=federation_id, round_number=1, model_name="logistic_regression")
+
+        outcomes = {}
+        for case, steps in (("finished", 10_000), ("abandoned", 2_000_000)):
+            agent = deployed.agents[site]
+            train = {**base, "round": 1, "phase": "train", "preprocessing": plan.model_dump(mode="json"),
+                     "training": {"steps": steps, "batch_size": 4, "optimizer": "sgd", "lr": 0.01},
+                     "federation_id": federation_id}
+            started_before = agent.log_text().count(f"train for federation {federation_id} round 1 started")
+            run = client.create_flow_run_from_deployment(deployment.id, parameters={"request": train}, name=case)
+            deadline = time.monotonic() + 60
+            while agent.log_text().count(f"train for federation {federation_id} round 1 started") == started_before:
+                assert time.monotonic() < deadline, agent.log_text()[-3000:]
+                time.sleep(0.02)
+            agent.signal(signal.SIGTERM)
+            assert agent.popen.wait(timeout=60) == 0, agent.log_text()[-3000:]
+            outcomes[case] = (_wait_final(client, run.id), agent.log_text())
+            deployed.restart_agent(site)
+
+    finished_run, finished_log = outcomes["finished"]
+    assert "SIGTERM received during train of federation sigterm-check round 1" in finished_log
+    assert "current job finished" in finished_log
+    assert "agent stopped (finished)" in finished_log
+    assert finished_run.state.is_completed()
+
+    abandoned_run, abandoned_log = outcomes["abandoned"]
+    assert "current job abandoned" in abandoned_log
+    assert "agent stopped (abandoned)" in abandoned_log
+    assert abandoned_run.state.is_crashed()
+    assert "stopped by signal before the job finished" in (abandoned_run.state.message or "")
