@@ -108,7 +108,8 @@ def test_two_rounds_tracked_and_ledgered(deployed: DeployedStack, tmp_path: Path
         assert report.valid, report.errors
         entries = _entries(deployed, site, federation_id)
         kinds = [e.kind for e in entries]
-        assert kinds.count("payload") == 2 and kinds.count("manifest") == 2  # one update per round
+        assert kinds.count("payload") == 2  # one update per round
+        assert kinds.count("manifest") == 2
         assert kinds.count("result") == 5  # statistics, then train and evaluate in each round
 
         # Every payload, manifest and result the site wrote is what the exchange store holds.

@@ -109,7 +109,9 @@ def test_ledger_chain_and_tampering(tmp_path: Path) -> None:
     assert first.sha256 == hashlib.sha256(b"x").hexdigest()
     assert ledger.head() == second.entry_hash
     report = ledger.verify()
-    assert report.valid and report.entries == 2 and report.head == second.entry_hash
+    assert report.valid
+    assert report.entries == 2
+    assert report.head == second.entry_hash
 
     lines = ledger.path.read_text().splitlines()
     edited = json.loads(lines[0])
