@@ -1,7 +1,7 @@
 """A deployed federation on loopback, shared by the integration tests of this folder.
 
 One Prefect server, one MLflow server (SQLite, artifact proxy) and three site
-agents start once per module that asks for them (server start-up is the
+agents start once per module that uses the fixture (server start-up is the
 dominant cost), and every process is stopped by the fixture's finalizer,
 also when setup or a test fails.
 """
