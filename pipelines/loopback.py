@@ -173,7 +173,7 @@ class LoopbackStack:
             f"prefect_api_url: {self.prefect_api_url}\n"
             f"mlflow_tracking_uri: {self.mlflow_uri}\n"
             f"poll_interval_s: {poll_interval_s}\n"
-            "shutdown_grace_s: 5\n"
+            "shutdown_grace_s: 10\n"
             f"{extra}"
         )
         return config
