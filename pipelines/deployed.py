@@ -119,11 +119,15 @@ class DeployedDispatcher:
                 time.sleep(self.poll_interval_s)
 
         for run_id, (site_id, request) in runs.items():
-            run = self.client.read_flow_run(run_id)
-            if run.state is not None and run.state.is_final():  # finished between the last poll and now
+            try:
+                run: FlowRun | None = self.client.read_flow_run(run_id)
+            except (httpx.HTTPError, ServerBusy) as exc:
+                logger.warning("reading flow run %s of site %s failed: %s", run_id, site_id, exc)
+                run = None
+            if run is not None and run.state is not None and run.state.is_final():  # finished since the last poll
                 outcomes[site_id] = self._outcome(site_id, request, run)
                 continue
-            state = run.state.type.value if run.state else "UNKNOWN"
+            state = run.state.type.value if run is not None and run.state else "UNKNOWN"
             self._cancel(run_id)
             hint = " (is the site agent running?)" if state in ("SCHEDULED", "PENDING") else ""
             outcomes[site_id] = SiteFailure(
@@ -155,7 +159,12 @@ class DeployedDispatcher:
         self.timings.append(DispatchTiming(request.phase, request.round, wall_s, max(computes, default=0.0)))
 
     def _read_runs(self, ids: list[UUID]) -> list[FlowRun]:
-        return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        """Read the flow runs' states; a failed read returns none, and the next poll tries again."""
+        try:
+            return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        except (httpx.HTTPError, ServerBusy) as exc:
+            logger.warning("reading the states of %d site flow run(s) failed, trying again: %s", len(ids), exc)
+            return []
 
     def _outcome(self, site_id: str, request: RoundRequest, run: FlowRun) -> SiteResult | SiteFailure:
         state = run.state
