@@ -42,7 +42,7 @@ class RuleResult(BaseModel):
         listed: list[str] = [str(r) for r in self.rows] or list(self.files)
         text = ", ".join(listed)
         hidden = self.count - len(listed)
-        if hidden > 0:
+        if listed and hidden > 0:
             text += f" (+{hidden} more)"
         return text
 

@@ -10,8 +10,11 @@ row positions are kept.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
+import re
 from collections import defaultdict
 from enum import StrEnum
 from importlib import resources
@@ -80,6 +83,8 @@ class FileFormat(BaseModel):
 
     header: bool = True
     delimiter: str = ","
+    # "utf-8-sig" reads UTF-8 with or without the byte-order mark some exporters write.
+    encoding: str = "utf-8-sig"
     missing_markers: list[str] = Field(default_factory=lambda: ["", "NA"])
 
 
@@ -218,33 +223,60 @@ def _relative_name(path: Path, data_root: Path | None) -> str:
 
 
 def _read_as_text(path: Path, contract: TabularContract, report: ContractReport) -> pd.DataFrame:
-    """Read every field as a string; report missing or extra columns on the report."""
+    """Read every field as a string; report file-level problems and missing or extra columns."""
     expected = contract.column_names
-    raw = pd.read_csv(
-        path,
-        header=0 if contract.format.header else None,
-        sep=contract.format.delimiter,
-        dtype=str,
-        keep_default_na=False,
-        skipinitialspace=True,
-        on_bad_lines="error",
-        engine="python",
-    ) if _has_content(path) else pd.DataFrame(columns=expected if contract.format.header else [])
+    fmt = contract.format
+    text = _decode(path, fmt.encoding, report)
+    if text is None:
+        return pd.DataFrame(columns=expected)
+    if not text.strip():
+        report.results.append(RuleResult(rule="not_empty", passed=False, count=1, detail="the file holds no rows"))
+        return pd.DataFrame(columns=expected)
+    try:
+        raw = pd.read_csv(
+            io.StringIO(text),
+            header=0 if fmt.header else None,
+            sep=fmt.delimiter,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            on_bad_lines="error",
+            engine="python",
+        )
+    except (pd.errors.ParserError, csv.Error) as exc:
+        # The parser's message can quote file content, so only its line number is kept.
+        line = re.search(r"(?:line|row) (\d+)", str(exc))
+        report.results.append(RuleResult(
+            rule="csv_format", passed=False, count=1, rows=[int(line.group(1))] if line else [],
+            detail=f"the file cannot be parsed as {fmt.delimiter!r}-separated text "
+                   "(an unbalanced quote or a broken line)",
+        ))
+        return pd.DataFrame(columns=expected)
 
-    first_line = 2 if contract.format.header else 1
+    first_line = 2 if fmt.header else 1
     raw.index = pd.RangeIndex(first_line, first_line + len(raw))
-    if contract.format.header:
+    if fmt.header:
         found = [str(c).strip() for c in raw.columns]
         raw.columns = found
     else:
         found = expected[: raw.shape[1]] + [f"column_{i + 1}" for i in range(len(expected), raw.shape[1])]
         raw.columns = found
+        if _looks_like_header(raw, expected):
+            report.results.append(RuleResult(
+                rule="no_header_line", passed=False, count=1, rows=[1],
+                detail="line 1 holds column names, but files under this contract have no header line; "
+                       "remove that line",
+            ))
+            return raw
     missing = [c for c in expected if c not in found]
     extra = [c for c in found if c not in expected]
+    hint = ""
+    if raw.shape[1] == 1 and len(expected) > 1:
+        hint = f"; every line has one field, so check that fields are separated by {fmt.delimiter!r}"
     for name in missing:
         report.results.append(
             RuleResult(rule="column_present", column=name, passed=False, count=1,
-                       detail="required column is missing")
+                       detail=f"required column is missing{hint}")
         )
     for name in extra:
         report.results.append(
@@ -259,9 +291,25 @@ def _read_as_text(path: Path, contract: TabularContract, report: ContractReport)
     return raw
 
 
-def _has_content(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return bool(handle.read(1))
+def _decode(path: Path, encoding: str, report: ContractReport) -> str | None:
+    """Return the file's text, or None after reporting that it is not valid `encoding` text."""
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        report.results.append(RuleResult(
+            rule="encoding", passed=False, count=1,
+            detail=f"the file is not valid {encoding} text (first invalid byte at offset {exc.start}); "
+                   f"export it as {encoding}, or check that it is not compressed",
+        ))
+        return None
+
+
+def _looks_like_header(raw: pd.DataFrame, expected: list[str]) -> bool:
+    if raw.empty:
+        return False
+    first = {str(v).strip().lower() for v in raw.iloc[0]}
+    return len(first & {name.lower() for name in expected}) >= max(2, len(expected) // 2)
 
 
 def _check_values(

@@ -168,3 +168,58 @@ def test_fingerprint_depends_on_content_not_file_name(tmp_path: Path, contract: 
                       contract).report.fingerprint
     assert a == b
     assert a != c
+
+
+def test_latin1_file_rejected_without_its_bytes(tmp_path: Path, contract: TabularContract) -> None:
+    rows = _rows()
+    path = tmp_path / "table.csv"
+    text = "".join(",".join(row) + "\n" for row in rows).replace("63.0", "Müller", 1)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ContractViolation, match=r"table\.csv: column -: rule encoding .*not valid utf-8-sig text") as info:
+        validate_file(path, contract, policy=Policy.DROP)
+    assert "M" + "\\xfc" not in str(info.value) and "0xfc" not in str(info.value)
+    assert "ller" not in str(info.value)
+
+
+def test_compressed_file_rejected_as_encoding(tmp_path: Path, contract: TabularContract) -> None:
+    import gzip
+
+    path = tmp_path / "table.csv"
+    path.write_bytes(gzip.compress(CLEVELAND.read_bytes()))
+    with pytest.raises(ContractViolation, match="rule encoding.*not compressed"):
+        validate_file(path, contract, policy=Policy.DROP)
+
+
+def test_unbalanced_quote_rejected_as_csv_format(tmp_path: Path, contract: TabularContract) -> None:
+    rows = _rows()
+    rows[5][1] = '"1.0'
+    with pytest.raises(ContractViolation, match=r"rule csv_format.*cannot be parsed") as info:
+        validate_file(_write(tmp_path, rows), contract, policy=Policy.DROP)
+    assert '"1.0' not in str(info.value)
+
+
+def test_empty_file_rejected_as_empty(tmp_path: Path, contract: TabularContract) -> None:
+    path = tmp_path / "table.csv"
+    path.write_text("\n")
+    with pytest.raises(ContractViolation, match=r"rule not_empty.*holds no rows") as info:
+        validate_file(path, contract, policy=Policy.DROP)
+    assert [r.rule for r in info.value.report.errors] == ["not_empty"]
+
+
+def test_wrong_delimiter_gets_a_hint(tmp_path: Path, contract: TabularContract) -> None:
+    path = tmp_path / "table.csv"
+    path.write_text("".join(";".join(row) + "\n" for row in _rows()))
+    with pytest.raises(ContractViolation, match=r"column sex: rule column_present.*separated by ','"):
+        validate_file(path, contract, policy=Policy.DROP)
+
+
+def test_unexpected_header_line_rejected(tmp_path: Path, contract: TabularContract) -> None:
+    rows = [contract.column_names, *_rows()]
+    with pytest.raises(ContractViolation, match=r"rule no_header_line broken by 1 .*\[1\].*remove that line"):
+        validate_file(_write(tmp_path, rows), contract, policy=Policy.DROP)
+
+
+def test_file_with_byte_order_mark_and_crlf_accepted(tmp_path: Path, contract: TabularContract) -> None:
+    path = tmp_path / "table.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(",".join(r) + "\r\n" for r in _rows()).encode())
+    assert validate_file(path, contract, policy=Policy.REFUSE).report.rows_kept == 60
