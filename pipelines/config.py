@@ -102,7 +102,10 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment config {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"experiment config {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"experiment config {path} must be a YAML mapping")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
