@@ -7,6 +7,7 @@ commands that need them, so `medfed --help` and `medfed site check` start fast.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +72,16 @@ def run(
         config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"uri": tracking_uri})})
     if not baselines:
         config = config.model_copy(update={"baselines": config.baselines.model_copy(update={"pooled": False, "local": False})})
+    from medfed.pipelines.preflight import ExperimentError, check_experiment
+
+    if not deployed and os.environ.pop("PREFECT_API_URL", None):
+        # The embedded shape must not send flow state to whatever server the shell points at.
+        console.print("[yellow]Ignoring PREFECT_API_URL: the embedded shape runs its own temporary Prefect server.")
+    try:
+        check_experiment(config, embedded=not deployed)
+    except ExperimentError as exc:
+        console.print(f"[red]The experiment {experiment} cannot start:[/]\n{exc}")
+        raise typer.Exit(2) from None
     from medfed.pipelines.federation import QuorumNotMet
 
     try:
