@@ -28,6 +28,13 @@ class DatasetBinding(BaseModel):
     name: str = Field(description="Name used in experiment configs, for example 'heart_disease'.")
     contract: str = Field(description="Contract name shipped with medfed, or a path to a YAML contract.")
     path: str = Field(description="File or folder relative to data_root.")
+    synthetic: bool = Field(
+        default=False,
+        description=(
+            "The data are generated, not taken from patients. Only then may sample images leave the "
+            "site (DICOM kind), and never those of a series flagged for burned-in text."
+        ),
+    )
 
 
 class SiteConfig(BaseModel):

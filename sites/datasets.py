@@ -3,7 +3,7 @@
 `open_dataset` reads the file named in the site config, validates it against
 its contract under the site's policy, splits it with a fixed seed and
 returns a `SiteDataset`. Other data kinds (such as DICOM) provide the same
-protocol and register themselves in `DATASET_KINDS`.
+protocol and are listed in `DATASET_KINDS`.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class SiteDataset(Protocol):
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the test split once, in a fixed order."""
 
+    def sample_png(self) -> bytes | None:
+        """Return a PNG of sample images that may leave the site, or None when none may."""
+
 
 class TabularDataset:
     """A site's validated table, split once per (seed, fraction) and encoded by the plan."""
@@ -113,6 +116,10 @@ class TabularDataset:
         for start in range(0, len(y), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
 
+    def sample_png(self) -> None:
+        """Return None: a table has no images."""
+        return None
+
     def test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._require(self._test_x), self.test_labels
 
@@ -159,8 +166,18 @@ def open_tabular(site: SiteConfig, spec: DataSpec) -> TabularDataset:
 
 DatasetOpener = Callable[[SiteConfig, DataSpec], SiteDataset]
 
-# Data kinds by name; other kinds add themselves here when their module is imported.
-DATASET_KINDS: dict[str, DatasetOpener] = {"tabular": open_tabular}
+
+def open_dicom_lazily(site: SiteConfig, spec: DataSpec) -> SiteDataset:
+    """Open a DICOM dataset, importing the DICOM kind (and MONAI, about 5 s) only on first use."""
+    from medfed.sites.dicom.dataset import open_dicom
+
+    return open_dicom(site, spec)
+
+
+# Data kinds by name. A kind whose module is heavy is registered through a
+# function that imports that module on first use, so the tabular path never
+# pays for it.
+DATASET_KINDS: dict[str, DatasetOpener] = {"tabular": open_tabular, "dicom": open_dicom_lazily}
 
 
 def open_dataset(site: SiteConfig, spec: DataSpec) -> SiteDataset:

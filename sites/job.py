@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from medfed.data_contracts.report import ContractReport
-from medfed.models import build_model
+from medfed.models import build_model, get_spec
 from medfed.sites.config import SiteConfig
 from medfed.sites.datasets import DataSpec, SiteDataset, open_dataset
 from medfed.sites.exchange_store import ExchangeStore, get_state, put_state
@@ -77,6 +77,10 @@ class SiteResult(BaseModel):
     )
     statistics: SiteStatistics | None = None
     contract_report: ContractReport | None = None
+    sample_images: str | None = Field(
+        default=None,
+        description="Store key of a PNG grid of test images; only a site whose data is synthetic sends one.",
+    )
     ledger_head: str | None = Field(
         default=None,
         description="Hash of the site's last egress ledger entry before this result (deployed shape).",
@@ -140,10 +144,16 @@ class SiteJob:
         self._emit("statistics", f"{request.federation_id}/statistics/{self.site_id}.json",
                    stats.model_dump_json().encode() if stats else b"")
         logger.info("site %s: statistics computed over %d training rows", self.site_id, data.num_train)
+        samples_key = None
+        samples = data.sample_png()
+        if samples is not None:
+            samples_key = f"{request.federation_id}/statistics/samples/{self.site_id}.png"
+            self._emit("sample_images", samples_key, samples)
+            self.store.put(samples_key, samples)
         return SiteResult(
             site_id=self.site_id, federation_id=request.federation_id, round=request.round,
             phase="statistics", num_examples=data.num_train, statistics=stats,
-            contract_report=data.report,
+            contract_report=data.report, sample_images=samples_key,
         )
 
     def _load_global(self, request: RoundRequest) -> torch.nn.Module:
@@ -165,7 +175,8 @@ class SiteJob:
         hooks = self._strategy_hooks(request)
         hooks.prepare(model)
         generator = torch.Generator().manual_seed(site_seed(request.seed, self.site_id, request.round))
-        result = train_local(model, data, request.training, generator, hooks.gradient_correction)
+        task = get_spec(request.model.name).task
+        result = train_local(model, data, request.training, generator, hooks.gradient_correction, task=task)
         metrics, withheld = self._releasable({"train_loss": result.mean_loss}, result.num_examples)
         key_stem = f"{request.federation_id}/round_{request.round:04d}/updates/{self.site_id}"
         # Local layers (FedBN) stay in the site's state folder, out of the payload.
@@ -208,7 +219,8 @@ class SiteJob:
         model = self._load_global(request)
         self._strategy_hooks(request).restore_local_layers(model)
         generator = torch.Generator().manual_seed(site_seed(request.seed, self.site_id, request.round))
-        raw = fine_tune_and_evaluate(model, data, request.training, generator)
+        task = get_spec(request.model.name).task
+        raw = fine_tune_and_evaluate(model, data, request.training, generator, task=task)
         metrics, withheld = self._releasable(raw, data.num_test)
         self._emit("metrics", f"{request.federation_id}/round_{request.round:04d}/fine_tune/{self.site_id}.json",
                    json.dumps(metrics, sort_keys=True).encode())
@@ -221,7 +233,7 @@ class SiteJob:
         data.prepare(request.preprocessing)
         model = self._load_global(request)
         self._strategy_hooks(request).restore_local_layers(model)
-        raw = evaluate(model, data)
+        raw = evaluate(model, data, get_spec(request.model.name).task)
         metrics, withheld = self._releasable(raw, data.num_test)
         self._emit("metrics", f"{request.federation_id}/round_{request.round:04d}/metrics/{self.site_id}.json",
                    json.dumps(metrics, sort_keys=True).encode())

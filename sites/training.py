@@ -2,7 +2,10 @@
 
 `train_local` runs a fixed number of optimiser steps (or epochs) from the
 global model; `evaluate` scores a model on the site's test split. Both return
-aggregates only.
+aggregates only. The model's task (from its registry entry) chooses the loss
+and the metrics: binary cross-entropy with accuracy and AUC for
+classification, Dice plus binary cross-entropy with the Dice score for
+segmentation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from medfed.models.registry import TaskKind
 from medfed.sites.control_variates import apply_gradient_correction
 from medfed.sites.datasets import SiteDataset
 
@@ -84,6 +88,36 @@ class TrainResult:
     mean_loss: float
 
 
+class DiceBCELoss(nn.Module):
+    """Soft Dice loss plus binary cross-entropy on (batch, 1, height, width) logit maps and 0/1 masks.
+
+    The Dice term is computed per image and averaged over the batch. The
+    smoothing term makes an empty prediction of an empty mask score a loss of
+    0 instead of 0/0, and the cross-entropy term keeps gradients on images
+    without foreground.
+    """
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.sigmoid(logits).flatten(1)
+        flat_target = target.flatten(1)
+        overlap = (probabilities * flat_target).sum(dim=1)
+        sizes = probabilities.sum(dim=1) + flat_target.sum(dim=1)
+        dice = (2 * overlap + self.smooth) / (sizes + self.smooth)
+        return (1 - dice).mean() + self.bce(logits, target)
+
+
+def loss_for(task: TaskKind) -> nn.Module:
+    """Return the training loss of a model's task."""
+    if task == "segmentation":
+        return DiceBCELoss()
+    return nn.BCEWithLogitsLoss()
+
+
 def make_optimizer(model: nn.Module, config: LocalTrainingConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -98,6 +132,7 @@ def train_local(
     config: LocalTrainingConfig,
     generator: torch.Generator,
     gradient_correction: dict[str, torch.Tensor] | None = None,
+    task: TaskKind = "binary_classification",
 ) -> TrainResult:
     """Train `model` in place on the site's training split and return aggregates.
 
@@ -108,7 +143,7 @@ def train_local(
     """
     if data.num_train == 0:
         return TrainResult(num_examples=0, steps=0, mean_loss=float("nan"))
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_for(task)
     optimizer = make_optimizer(model, config)
     anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
     steps = config.num_steps(data.num_train)
@@ -134,7 +169,7 @@ def train_local(
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Return the test split's predicted probabilities and labels."""
+    """Return the test split's predicted probabilities and targets (labels, or masks for segmentation)."""
     model.eval()
     probabilities: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -160,9 +195,31 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, thresh
     return metrics
 
 
-def evaluate(model: nn.Module, data: SiteDataset) -> dict[str, float]:
-    """Score the model on the site's test split."""
+def segmentation_metrics(probabilities: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Mean Dice score per image, and pixel log loss, of (images, ...) probability maps against 0/1 masks.
+
+    An image whose mask and thresholded prediction are both empty scores a
+    Dice of 1, because the prediction is right.
+    """
+    metrics: dict[str, float] = {"num_examples": float(len(masks))}
+    if len(masks) == 0:
+        return metrics
+    predicted = (probabilities >= threshold).reshape(len(masks), -1)
+    truth = masks.reshape(len(masks), -1) > 0.5
+    overlap = (predicted & truth).sum(axis=1)
+    sizes = predicted.sum(axis=1) + truth.sum(axis=1)
+    dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
+    metrics["dice"] = float(dice.mean())
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    metrics["loss"] = float(-(masks * np.log(clipped) + (1 - masks) * np.log(1 - clipped)).mean())
+    return metrics
+
+
+def evaluate(model: nn.Module, data: SiteDataset, task: TaskKind = "binary_classification") -> dict[str, float]:
+    """Score the model on the site's test split with its task's metrics."""
     probabilities, labels = predict_proba(model, data)
+    if task == "segmentation":
+        return segmentation_metrics(probabilities, labels)
     return classification_metrics(probabilities, labels)
 
 
@@ -171,6 +228,7 @@ def fine_tune_and_evaluate(
     data: SiteDataset,
     config: LocalTrainingConfig,
     generator: torch.Generator,
+    task: TaskKind = "binary_classification",
 ) -> dict[str, float]:
     """Score the model, fine-tune it in place for `fine_tune_steps`, and score it again.
 
@@ -178,7 +236,7 @@ def fine_tune_and_evaluate(
     `after_fine_tuning/`. Fine-tuning uses plain local training: no proximal
     term and no control variates.
     """
-    before = evaluate(model, data)
+    before = evaluate(model, data, task)
     if config.fine_tune_steps > 0 and data.num_train > 0:
         tuning = config.model_copy(update={
             "steps": config.fine_tune_steps,
@@ -187,8 +245,8 @@ def fine_tune_and_evaluate(
             "proximal_mu": 0.0,
             "control_variates": False,
         })
-        train_local(model, data, tuning, generator)
-    after = evaluate(model, data)
+        train_local(model, data, tuning, generator, task=task)
+    after = evaluate(model, data, task)
     metrics = {f"before_fine_tuning/{name}": value for name, value in before.items()}
     metrics.update({f"after_fine_tuning/{name}": value for name, value in after.items()})
     return metrics

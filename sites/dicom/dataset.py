@@ -8,12 +8,14 @@ resampling to a common pixel spacing, then padding or cropping to a fixed
 size. The images
 stay in memory; they are small by design (one slice per series).
 
-Importing this module registers the kind "dicom" in
-`medfed.sites.datasets.DATASET_KINDS`. It imports MONAI, which costs seconds.
+`medfed.sites.datasets.DATASET_KINDS` lists this module's `open_dicom` as
+the kind "dicom" and imports the module only when a site opens such a
+dataset, because it imports MONAI, which costs seconds.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from PIL import Image
 from monai.transforms import Compose, ResizeWithPadOrCropd, ScaleIntensityRanged, Spacingd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.model_selection import train_test_split
@@ -30,7 +33,7 @@ from medfed.data_contracts.dicom import load_dicom_contract
 from medfed.data_contracts.report import ContractReport, RuleResult
 from medfed.data_contracts.tabular import ContractViolation, Policy
 from medfed.sites.config import SiteConfig
-from medfed.sites.datasets import DATASET_KINDS, DataSpec
+from medfed.sites.datasets import DataSpec
 from medfed.sites.dicom.index import scan_folder
 from medfed.sites.dicom.labels import LabelledSeries, LabelManifestError, attach_labels
 from medfed.sites.dicom.pixels import ReadOptions
@@ -38,6 +41,9 @@ from medfed.sites.dicom.reader import MedfedDicomReader
 from medfed.sites.dicom.volume import SeriesVolume, load_series
 
 logger = logging.getLogger(__name__)
+
+# Sample images form one PNG row; more than this would only make the preview unreadable.
+MAX_SAMPLE_IMAGES = 16
 
 
 class DicomDataOptions(BaseModel):
@@ -53,6 +59,13 @@ class DicomDataOptions(BaseModel):
     target_spacing_mm: float | None = Field(
         default=0.7, gt=0, description="Resample rows and columns to this spacing; None keeps each site's."
     )
+    sample_images: int = Field(
+        default=8, ge=0, le=MAX_SAMPLE_IMAGES,
+        description=(
+            "Test images a site sends as one PNG for the MLflow run; 0 sends none. Only a site whose "
+            "dataset is declared synthetic sends any."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> DicomDataOptions:
@@ -66,11 +79,13 @@ class DicomDataset:
 
     def __init__(
         self, site_id: str, images: torch.Tensor, targets: torch.Tensor, labels: np.ndarray,
-        shareable: list[bool], report: ContractReport, spec: DataSpec,
+        shareable: list[bool], report: ContractReport, spec: DataSpec, *, synthetic: bool = False,
     ) -> None:
         self.site_id = site_id
         self.report = report
         self.spec = spec
+        self.synthetic = synthetic
+        self.options = DicomDataOptions.model_validate(spec.options)
         train_rows, test_rows = _split(labels, spec.test_fraction, spec.split_seed)
         self.train_x, self.train_y = images[train_rows], targets[train_rows]
         self.test_x, self.test_y = images[test_rows], targets[test_rows]
@@ -93,11 +108,48 @@ class DicomDataset:
             order = torch.randperm(self.num_train, generator=generator)
             for start in range(0, self.num_train, batch_size):
                 index = order[start : start + batch_size]
+                if len(index) == 1 < self.num_train:
+                    # Skip a trailing batch of one image: a BatchNorm layer (DenseNet121) whose
+                    # input is reduced to 1 x 1 pixels cannot train on one value per channel.
+                    continue
                 yield self.train_x[index], self.train_y[index]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.num_test, batch_size):
             yield self.test_x[start : start + batch_size], self.test_y[start : start + batch_size]
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the training images and targets (for the pooled research baseline)."""
+        return self.train_x, self.train_y
+
+    def sample_png(self) -> bytes | None:
+        """Return the first `sample_images` shareable test images as one grey-scale PNG row, or None.
+
+        Returns None unless the site config declares the dataset synthetic.
+        Test images of a series flagged for burned-in text are never included.
+        """
+        count = self.options.sample_images
+        if count == 0:
+            return None
+        if not self.synthetic:
+            logger.info("site %s: no sample images sent, because the dataset is not declared synthetic",
+                        self.site_id)
+            return None
+        rows = [row for row, shareable in enumerate(self.test_shareable) if shareable][:count]
+        if not rows:
+            logger.info("site %s: no sample images sent, because no test series may leave the site", self.site_id)
+            return None
+        return image_row_png(self.test_x[rows])
+
+
+def image_row_png(images: torch.Tensor) -> bytes:
+    """Encode (count, 1, rows, columns) images with values in [0, 1] as one 8-bit PNG, side by side."""
+    pixels = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)
+    gap = torch.zeros((pixels.shape[1], 2), dtype=torch.uint8)
+    tiles = [tile for image in pixels for tile in (image, gap)][:-1]
+    buffer = io.BytesIO()
+    Image.fromarray(torch.cat(tiles, dim=1).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -196,7 +248,5 @@ def open_dicom(site: SiteConfig, spec: DataSpec) -> DicomDataset:
     )
     shareable = [item.entry.may_leave_site for item in items]
     return DicomDataset(site.site_id, torch.stack(images), torch.stack(targets), labels, shareable,
-                        index.report, spec)
+                        index.report, spec, synthetic=binding.synthetic)
 
-
-DATASET_KINDS.setdefault("dicom", open_dicom)
