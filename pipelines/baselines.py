@@ -8,7 +8,12 @@ Budget: a federation of R rounds with S local steps of batch B processes
 n_sites * R * S batches. The pooled baseline gets the same number of steps
 on the pooled training rows; each local baseline gets R * S steps, what that
 site computed during the federation. Both are evaluated on every site's test
-split after each round's worth of steps.
+split after each round's worth of steps, with the metrics of the model's task
+(accuracy and AUC for classification, Dice for segmentation).
+
+Every data kind works here: a tabular table is encoded with a preprocessing
+plan merged from the training sites' statistics, and DICOM images arrive
+already preprocessed.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import numpy as np
 import torch
 
 from medfed import __version__
-from medfed.models import build_model
+from medfed.models import build_model, get_spec
+from medfed.models.registry import TaskKind
 from medfed.pipelines.config import ExperimentConfig
 from medfed.pipelines.federation import initial_state, resolve_model_kwargs
 from medfed.pipelines.tracking import RunLogger, flatten
 from medfed.sites.config import load_site_config
-from medfed.sites.datasets import TabularDataset, open_dataset
+from medfed.sites.datasets import SiteDataset, open_dataset
 from medfed.sites.job import site_seed
-from medfed.sites.preprocessing import PreprocessingPlan, merge_statistics, transform
-from medfed.sites.training import LocalTrainingConfig, classification_metrics, train_local
+from medfed.sites.preprocessing import PreprocessingPlan, TabularFeatures, merge_statistics
+from medfed.sites.training import LocalTrainingConfig, evaluate, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,9 @@ class _TensorData:
 
     x: torch.Tensor
     y: torch.Tensor
+    # Smaller trailing batches are skipped; 2 for images, as DicomDataset does, because a BatchNorm
+    # layer whose input is reduced to 1 x 1 pixels cannot train on one example.
+    min_batch_size: int = 1
 
     @property
     def num_train(self) -> int:
@@ -54,32 +63,44 @@ class _TensorData:
             order = torch.randperm(len(self.y), generator=generator)
             for start in range(0, len(self.y), batch_size):
                 index = order[start : start + batch_size]
+                if len(index) < self.min_batch_size <= len(self.y):
+                    continue
                 yield self.x[index], self.y[index]
 
 
-def load_site_datasets(config: ExperimentConfig) -> dict[str, TabularDataset]:
+def load_site_datasets(config: ExperimentConfig) -> dict[str, SiteDataset]:
+    """Open every site's dataset of the experiment, each validated against its contract."""
     datasets = {}
     for path in config.sites:
         site = load_site_config(path)
         dataset = open_dataset(site, config.data)
-        if not isinstance(dataset, TabularDataset):
-            raise TypeError(f"baselines support tabular data only, not kind {config.data.kind!r}")
+        if not hasattr(dataset, "train_tensors"):
+            raise TypeError(
+                f"data kind {config.data.kind!r} has no train_tensors() method, which the baselines need"
+            )
         datasets[site.site_id] = dataset
     return datasets
 
 
+def merged_plan(datasets: dict[str, SiteDataset], site_ids: list[str], features: TabularFeatures) -> PreprocessingPlan:
+    """Merge the preprocessing statistics of `site_ids`; kinds without statistics (DICOM) add none."""
+    statistics = [datasets[s].statistics(min_count=1) for s in site_ids]
+    return merge_statistics([s for s in statistics if s is not None], features)
+
+
 def evaluate_on_sites(
-    model: torch.nn.Module, datasets: dict[str, TabularDataset], plan: PreprocessingPlan
+    model: torch.nn.Module,
+    datasets: dict[str, SiteDataset],
+    plan: PreprocessingPlan,
+    task: TaskKind = "binary_classification",
 ) -> dict[str, float]:
-    """Score `model` on every site's test split, encoded with `plan`."""
+    """Score `model` on every site's test split, encoded with `plan`, with the metrics of `task`."""
     metrics: dict[str, float] = {}
-    model.eval()
     for site_id, data in sorted(datasets.items()):
-        with torch.no_grad():
-            probabilities = torch.sigmoid(model(transform(data.test_frame, plan))).numpy()
-        for name, value in classification_metrics(probabilities, data.test_labels.numpy()).items():
+        data.prepare(plan)
+        for name, value in evaluate(model, data, task).items():
             metrics[f"site/{site_id}/{name}"] = value
-    for name in ("accuracy", "auc"):
+    for name in ("accuracy", "auc", "dice"):
         values = [v for k, v in metrics.items() if k.endswith(f"/{name}")]
         if values:
             metrics[f"{name}_mean"] = float(np.mean(values))
@@ -89,7 +110,7 @@ def evaluate_on_sites(
 def _train_baseline(
     kind: str,
     config: ExperimentConfig,
-    datasets: dict[str, TabularDataset],
+    datasets: dict[str, SiteDataset],
     train_sites: list[str],
     plan: PreprocessingPlan,
     steps_per_round: int,
@@ -97,15 +118,21 @@ def _train_baseline(
 ) -> dict[str, float]:
     model = build_model(config.model.name, **config.model.kwargs)
     model.load_state_dict(initial_state(config))
-    x = torch.cat([transform(datasets[s].train_frame, plan) for s in train_sites])
-    y = torch.cat([datasets[s].train_labels for s in train_sites])
-    data = _TensorData(x, y)
+    task = get_spec(config.model.name).task
+    inputs, targets = [], []
+    for site_id in train_sites:
+        datasets[site_id].prepare(plan)
+        x, y = datasets[site_id].train_tensors()  # type: ignore[attr-defined]
+        inputs.append(x)
+        targets.append(y)
+    data = _TensorData(torch.cat(inputs), torch.cat(targets),
+                       min_batch_size=1 if get_spec(config.model.name).input_kind == "tabular" else 2)
     training: LocalTrainingConfig = config.training.model_copy(update={"steps": steps_per_round, "epochs": None})
     generator = torch.Generator().manual_seed(site_seed(config.seed, kind, 0))
     metrics: dict[str, float] = {}
     for round_number in range(1, config.rounds + 1):
-        result = train_local(model, data, training, generator)
-        metrics = evaluate_on_sites(model, datasets, plan)
+        result = train_local(model, data, training, generator, task=task)
+        metrics = evaluate_on_sites(model, datasets, plan, task)
         metrics["train_loss"] = result.mean_loss
         tracker.log_metrics(metrics, step=round_number)
     return metrics
@@ -126,7 +153,7 @@ def run_baselines(config: ExperimentConfig, federation_id: str, tracking_uri: st
 
     results: dict[str, dict[str, float]] = {}
     for label, train_sites, steps_per_round in runs:
-        plan = merge_statistics([datasets[s].statistics(min_count=1) for s in train_sites], features)
+        plan = merged_plan(datasets, train_sites, features)
         kind = label.split(":")[0]
         tracker = RunLogger.start(
             tracking_uri, config.study, run_name=f"{federation_id}-{label.replace(':', '-')}",
@@ -142,5 +169,7 @@ def run_baselines(config: ExperimentConfig, federation_id: str, tracking_uri: st
             tracker.end("FAILED")
             raise
         tracker.end("FINISHED")
-        logger.info("baseline %s: accuracy_mean=%.4f", label, results[label].get("accuracy_mean", float("nan")))
+        logger.info("baseline %s: %s", label, ", ".join(
+            f"{name}={value:.4f}" for name, value in sorted(results[label].items()) if name.endswith("_mean")
+        ))
     return results

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 # Drawing the plot costs about 0.3 s (matplotlib, 2-core CPU), more than a
 # tabular round, so it is refreshed every few rounds and after the last one.
 PLOT_EVERY_ROUNDS = 5
+# A site's sample-image PNG is a row of at most 16 small images; anything larger is not one.
+MAX_SAMPLE_PNG_BYTES = 4 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class QuorumNotMet(RuntimeError):
@@ -88,6 +91,25 @@ def resolve_model_kwargs(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
+def check_model_fits_data(config: ExperimentConfig) -> None:
+    """Raise ValueError when the model's input or task does not match the experiment's data kind."""
+    spec = get_spec(config.model.name)
+    expected_kind = "tabular" if spec.input_kind == "tabular" else "dicom"
+    if config.data.kind != expected_kind:
+        raise ValueError(
+            f"model {spec.name!r} takes {spec.input_kind} input, but data.kind is {config.data.kind!r}; "
+            f"set data.kind to {expected_kind!r} or choose a {config.data.kind} model"
+        )
+    if config.data.kind == "dicom":
+        data_task = config.data.options.get("task", "classification")
+        model_task = "segmentation" if spec.task == "segmentation" else "classification"
+        if data_task != model_task:
+            raise ValueError(
+                f"model {spec.name!r} does {spec.task}, but data.options.task is {data_task!r}; "
+                f"set data.options.task to {model_task!r}"
+            )
+
+
 def initial_state(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     """Build the round-0 global model from the experiment seed, without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -112,6 +134,7 @@ def run_federation(
     federation from its last finished round.
     """
     config = resolve_model_kwargs(config)
+    check_model_fits_data(config)
     strategy = build_strategy(config.strategy)
     # Log every strategy option with its default filled in, not only those the YAML sets.
     config = config.model_copy(update={"strategy": strategy.config.model_dump(mode="json")})
@@ -130,7 +153,7 @@ def run_federation(
         raise
     registered = config.tracking.registered_model or config.study
     info = log_final_model(tracking_uri, tracker.run_id, summary.pop("state"), config.model,
-                           summary["preprocessing"], registered)
+                           summary["preprocessing"], registered, data=config.data)
     tracker.end("FINISHED")
     run = tracker.client.get_run(tracker.run_id)
     return FederationSummary(
@@ -171,6 +194,7 @@ def _run_rounds(
                 f"site/{site_id}/data_fingerprint": report.fingerprint or "",
                 f"site/{site_id}/rows_kept": str(report.rows_kept),
             })
+    _log_sample_images(tracker, store, results, federation_id)
     reports = [r.contract_report for r in results.values() if r.contract_report is not None]
     if reports:
         tracker.log_params({"contract.name": reports[0].contract, "contract.version": reports[0].contract_version})
@@ -178,6 +202,7 @@ def _run_rounds(
     tracker.log_json(plan.model_dump(mode="json"), "preprocessing/plan.json")
 
     # Phase 2: rounds.
+    plot_metric = "dice" if get_spec(config.model.name).task == "segmentation" else "accuracy"
     global_state = initial_state(config)
     global_key = _publish_global(store, federation_id, 0, global_state, config)
     history: list[dict[str, float]] = []
@@ -229,13 +254,14 @@ def _run_rounds(
                          f"rounds/round_{round_number:04d}.json")
         history.append(metrics)
         if round_number % PLOT_EVERY_ROUNDS == 0 or round_number == config.rounds:
-            tracker.log_bytes(accuracy_plot(history, site_ids), "plots/accuracy_by_round.png")
+            tracker.log_bytes(accuracy_plot(history, site_ids, metric=plot_metric),
+                              f"plots/{plot_metric}_by_round.png")
         for site_id, reason in sorted(dropped.items()):
             logger.warning("round %d: site %s left out: %s", round_number, site_id, reason)
         records.append(RoundRecord(round=round_number, metrics=metrics, included=accepted, dropped=dropped))
         progress.publish(progress.RoundEvent(federation_id, round_number, config.rounds, metrics, dropped))
-        logger.info("round %d/%d done: accuracy_mean=%.4f, %d site(s) aggregated", round_number,
-                    config.rounds, metrics.get("accuracy_mean", float("nan")), len(accepted))
+        logger.info("round %d/%d done: %s_mean=%.4f, %d site(s) aggregated", round_number, config.rounds,
+                    plot_metric, metrics.get(f"{plot_metric}_mean", float("nan")), len(accepted))
 
     # Phase 3 (personalisation): each site fine-tunes the final model and reports before and after.
     if hints.fine_tune_steps > 0:
@@ -252,6 +278,30 @@ def _run_rounds(
             site_metrics.setdefault(site_id, {}).update(result.metrics)
 
     return {"rounds": records, "site_metrics": site_metrics, "preprocessing": plan, "state": global_state}
+
+
+def _log_sample_images(
+    tracker: RunLogger, store: ExchangeStore, results: dict[str, SiteResult], federation_id: str
+) -> None:
+    """Copy each site's sample-image PNG from the exchange store to the run, after checking it is a PNG.
+
+    Only a site whose dataset is declared synthetic sends one; the site
+    decides, and the centre never asks a particular site for images.
+    """
+    for site_id, result in sorted(results.items()):
+        if result.sample_images is None:
+            continue
+        expected_key = f"{federation_id}/statistics/samples/{site_id}.png"
+        if result.sample_images != expected_key:
+            logger.warning("site %s: sample images ignored, store key %r is not %r", site_id,
+                           result.sample_images, expected_key)
+            continue
+        data = store.get(result.sample_images)
+        if not data.startswith(PNG_SIGNATURE) or len(data) > MAX_SAMPLE_PNG_BYTES:
+            logger.warning("site %s: sample images ignored, %d bytes that are not a PNG of at most %d bytes",
+                           site_id, len(data), MAX_SAMPLE_PNG_BYTES)
+            continue
+        tracker.log_bytes(data, f"sites/{site_id}/sample_images.png")
 
 
 def _ledger_heads(tracker: RunLogger, *phases: dict[str, SiteResult]) -> dict[str, str]:
@@ -342,7 +392,7 @@ def _round_metrics(
                 # num_examples names the training split; the test split's size is test_examples.
                 label = "test_examples" if name == "num_examples" else name
                 metrics[f"site/{site_id}/{label}"] = value
-    for name in ("accuracy", "auc", "loss"):
+    for name in ("accuracy", "auc", "dice", "loss"):
         values = [r.metrics[name] for r in evaluations.values() if name in r.metrics]
         if values:
             metrics[f"{name}_mean"] = sum(values) / len(values)
