@@ -190,6 +190,7 @@ class LoopbackStack:
         env = self._base_env(self.root / "researcher")
         env["PREFECT_API_URL"] = self.prefect_api_url or ""
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri or ""
+        env["COLUMNS"] = "200"  # rich wraps tables and messages at the terminal width, 80 without a terminal
         return env
 
     def stop_all(self) -> None:

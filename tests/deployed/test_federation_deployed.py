@@ -147,6 +147,14 @@ def test_two_rounds_tracked_and_ledgered(deployed: DeployedStack, tmp_path: Path
     assert "Chain valid" in audit.stdout
 
 
+def test_site_check_reports_servers_ready(deployed: DeployedStack) -> None:
+    check = deployed.medfed("site", "check", str(deployed.site_configs["hungarian"]))
+    assert check.returncode == 0, check.stdout
+    assert "Prefect API" in check.stdout
+    assert "artifact proxy on" in check.stdout
+    assert "Site is ready." in check.stdout
+
+
 def test_killed_agent_dropped_and_recorded(deployed: DeployedStack, tmp_path: Path) -> None:
     study = "deployed-site-killed"
     victim = "switzerland"

@@ -198,3 +198,45 @@ def test_open_store_kinds(tmp_path: Path) -> None:
         MlflowArtifactStore("sqlite:///x.db")
     with pytest.raises(ValueError, match="needs mlflow_tracking_uri"):
         open_store(None)
+
+
+def test_site_config_rejects_bad_deployed_fields(tmp_path: Path) -> None:
+    path = _site(tmp_path)
+    base = path.read_text()
+    cases = {
+        "prefect_api_url: prefect.example.org/api\n": "must start with http:// or https://",
+        "mlflow_tracking_uri: ftp://mlflow\n": "must start with http:// or https://",
+        "allowed_models: []\n": "must name at least one entry",
+        "allowed_flows: []\n": "must name at least one entry",
+        "poll_interval_s: 0\n": "greater than 0",
+        "unknown_field: 1\n": "Extra inputs are not permitted",
+    }
+    for line, message in cases.items():
+        path.write_text(base + line)
+        with pytest.raises(ValueError, match=message):
+            load_site_config(path)
+
+
+def test_server_checks_report_unreachable(tmp_path: Path) -> None:
+    from medfed.pipelines.loopback import free_port
+    from medfed.sites.servers import check_servers
+
+    path = _site(tmp_path)
+    port = free_port()  # nothing listens there
+    path.write_text(path.read_text() + f"prefect_api_url: http://127.0.0.1:{port}/api\n"
+                    f"mlflow_tracking_uri: http://127.0.0.1:{port}\n")
+    prefect, mlflow = check_servers(load_site_config(path))
+    assert not prefect.ready
+    assert "did not respond" in prefect.detail
+    assert "firewall" in prefect.fix
+    assert not mlflow.ready
+    assert "did not respond" in mlflow.detail
+
+
+def test_server_checks_skip_unset_urls(tmp_path: Path) -> None:
+    from medfed.sites.servers import check_servers
+
+    prefect, mlflow = check_servers(load_site_config(_site(tmp_path)))
+    assert prefect.ready
+    assert "embedded shape only" in prefect.detail
+    assert mlflow.ready
