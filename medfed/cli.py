@@ -127,7 +127,8 @@ def _run_embedded(config) -> None:
         task = bar.add_task("rounds", total=config.rounds, status="starting sites")
 
         def on_round(event: round_progress.RoundEvent) -> None:
-            status = f"accuracy_mean {event.metrics.get('accuracy_mean', float('nan')):.3f}"
+            headline = "dice" if "dice_mean" in event.metrics else "accuracy"  # dice for segmentation
+            status = f"{headline}_mean {event.metrics.get(f'{headline}_mean', float('nan')):.3f}"
             if event.dropped:
                 status += f", left out: {', '.join(sorted(event.dropped))}"
             bar.update(task, completed=event.round, status=status)
@@ -143,7 +144,9 @@ def _run_embedded(config) -> None:
         **{k: v for k, v in summary.rounds[-1].metrics.items() if k.endswith("_mean")},
     }}
     if config.baselines.pooled or config.baselines.local:
-        console.print("Training baselines (pooled and each site alone) for comparison...")
+        chosen = [name for name, wanted in (("pooled", config.baselines.pooled),
+                                            ("each site alone", config.baselines.local)) if wanted]
+        console.print(f"Training baselines ({' and '.join(chosen)}) for comparison...")
         workdir = config.workdir.resolve()
         rows.update(run_baselines(config, federation_id, summary.tracking_uri,
                                   local_artifact_root(summary.tracking_uri, workdir)))
@@ -156,9 +159,15 @@ def _run_embedded(config) -> None:
 
 
 def results_table(rows: dict[str, dict[str, float]], site_ids: list[str]) -> Group:
-    """Final tables: test accuracy and AUC per site and their mean, for each training setup."""
+    """Final tables: test accuracy, AUC or Dice per site and their mean, for each training setup.
+
+    A metric that no setup reports (Dice for a classifier, accuracy for a
+    segmentation model) gets no table.
+    """
     tables = []
-    for metric, title in (("accuracy", "Test accuracy"), ("auc", "Test AUC")):
+    for metric, title in (("accuracy", "Test accuracy"), ("auc", "Test AUC"), ("dice", "Test Dice score")):
+        if not any(name == f"{metric}_mean" or name.endswith(f"/{metric}") for m in rows.values() for name in m):
+            continue
         table = Table(title=f"{title} of the final model on each site's test split")
         table.add_column("trained as")
         for site_id in site_ids:

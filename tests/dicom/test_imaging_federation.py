@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from imaging_sites import SITES, imaging_config, write_site_configs, write_synthetic_sites
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 
+from medfed.cli import results_table
 from medfed.pipelines.config import ExperimentConfig
 from medfed.pipelines.federation import FederationSummary, check_model_fits_data, federation_flow
 from medfed.pipelines.model_logging import synthetic_image_example
@@ -125,3 +127,16 @@ def test_synthetic_example_is_not_blank() -> None:
     assert example.shape == (1, 1, 32, 32)
     assert example.dtype == np.float32
     assert set(np.unique(example).tolist()) == {0.0, 0.5}
+
+
+def test_results_table_shows_reported_metrics() -> None:
+    rows = {"federated": {"site/site_a/dice": 0.8, "dice_mean": 0.8}, "pooled": {"dice_mean": 0.9}}
+    console = Console(width=120, record=True)
+
+    console.print(results_table(rows, ["site_a"]))
+    text = console.export_text()
+
+    assert "Test Dice score" in text
+    assert "0.900" in text
+    assert "Test accuracy" not in text
+    assert "Test AUC" not in text
