@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,6 @@ from medfed.sites.datasets import DataSpec, open_dataset
 from medfed.sites.dicom.synth import DEFAULT_SITES, SynthConfig, write_sites
 
 pytest.importorskip("monai")
-import medfed.sites.dicom.dataset  # noqa: E402,F401 - registers the "dicom" kind
 
 STUDIES = 10
 
@@ -97,3 +98,17 @@ def test_dicom_dataset_refuses_broken_contract(synthetic: Path, tmp_path: Path) 
 
     assert "Someone" not in str(caught.value)
     assert dropped.num_train + dropped.num_test == STUDIES - 1
+
+
+def test_tabular_path_imports_no_monai() -> None:
+    """The "dicom" kind is listed in DATASET_KINDS, but MONAI (seconds to import) loads only when it is opened."""
+    code = (
+        "import sys\n"
+        "from medfed.sites.datasets import DATASET_KINDS\n"
+        "import medfed.sites.job\n"
+        "assert 'dicom' in DATASET_KINDS\n"
+        "print('monai' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.strip() == "False"
