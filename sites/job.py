@@ -23,6 +23,7 @@ from medfed.data_contracts.report import ContractReport
 from medfed.models import build_model, get_spec
 from medfed.sites.config import SiteConfig
 from medfed.sites.datasets import DataSpec, SiteDataset, open_dataset
+from medfed.sites.errors import is_safe_to_send, to_site_error
 from medfed.sites.exchange_store import ExchangeStore, get_state, put_state
 from medfed.sites.preprocessing import PreprocessingPlan, SiteStatistics
 from medfed.sites.strategy_hooks import StrategyHooks
@@ -129,6 +130,15 @@ class SiteJob:
             return self._datasets[key]
 
     def run(self, request: RoundRequest) -> SiteResult:
+        """Serve one request. An error whose message could quote data leaves only as its type."""
+        try:
+            return self._run(request)
+        except Exception as exc:
+            if is_safe_to_send(exc):
+                raise
+            raise to_site_error(exc, site_id=self.site_id, what=f"{request.phase} of round {request.round}") from None
+
+    def _run(self, request: RoundRequest) -> SiteResult:
         self.check_request(request)
         data = self.dataset(request.data)
         if request.phase == "statistics":

@@ -266,3 +266,22 @@ def test_baselines_are_tagged_for_comparison(federation) -> None:
     pooled = next(r for r in runs if r.data.tags["medfed.kind"] == "pooled")
     assert pooled.data.params["baseline.steps_per_round"] == str(20 * len(SITES))
     assert pooled.data.tags["medfed.trained_on"] == ",".join(SITES)
+
+
+def test_site_error_leaves_only_its_type(tmp_path: Path, caplog) -> None:
+    """A library error that quotes file content is reported to the centre by type only."""
+    good = [write_site(tmp_path / "sites", s) for s in ("cleveland", "hungarian")]
+    broken = write_site(tmp_path / "sites", "va")
+    # A site config whose contract file is itself unreadable YAML makes the YAML parser quote it.
+    contract = tmp_path / "sites" / "va" / "contract.yaml"
+    contract.write_text("name: [Planted-Secret-Name\n")
+    config_text = broken.read_text().replace("contract: uci_heart_disease", f"contract: {contract}")
+    broken.write_text(config_text)
+    summary = federation_flow(make_config(tmp_path, [*good, broken]))
+    root = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id, tracking_uri=summary.tracking_uri,
+                                                    artifact_path="rounds"))
+    reason = json.loads((root / "round_0001.json").read_text())["dropped"]["va"]
+    assert "full error is in the site's own log" in reason
+    assert "Planted-Secret-Name" not in reason
+    db = (tmp_path / "work" / "mlflow.db").read_bytes()
+    assert b"Planted-Secret-Name" not in db
