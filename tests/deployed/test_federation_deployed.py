@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -153,6 +154,31 @@ def test_site_check_reports_servers_ready(deployed: DeployedStack) -> None:
     assert "Prefect API" in check.stdout
     assert "artifact proxy on" in check.stdout
     assert "Site is ready." in check.stdout
+
+
+def test_prefect_deployment_run_starts_federation(deployed: DeployedStack) -> None:
+    """The central deployment registered by `medfed deploy` runs on a process worker of the central pool."""
+    stack = deployed.stack
+    env = {**stack.researcher_env(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    worker = stack.start_process("central-worker", [str(stack.bin_dir / "prefect"), "worker", "start", "--pool",
+                                                    "medfed-central", "--type", "process"], env, stack.root)
+    try:
+        run = subprocess.run([str(stack.bin_dir / "prefect"), "deployment", "run",
+                              "medfed-federation-deployed/deploy-check", "--watch", "--watch-timeout", "240"],
+                             cwd=stack.root, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker.log_text()[-3000:]
+        assert "Completed" in run.stdout
+    finally:
+        worker.stop(grace_s=3)  # `prefect worker start` ignores a single SIGTERM; its group is killed after 3 s
+
+    client = MlflowClient(tracking_uri=stack.mlflow_uri)
+    experiment = client.get_experiment_by_name("deploy-check")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    included = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "sites_aggregated")}
+    assert included == {1: 3.0, 2: 3.0}
 
 
 def test_killed_agent_dropped_and_recorded(deployed: DeployedStack, tmp_path: Path) -> None:
