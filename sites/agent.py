@@ -51,6 +51,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from pydantic import BaseModel, ValidationError
 
 from medfed.sites.config import SiteConfig
+from medfed.sites.errors import describe_failure
 from medfed.sites.exchange_store import ExchangeStore
 from medfed.sites.flows import INSTALLED_SITE_FLOWS, InstalledFlow, bind_server
 from medfed.sites.job import RequestRejected, RoundRequest, SiteJob, result_key
@@ -356,10 +357,9 @@ class SiteAgentWorker(BaseWorker[SiteAgentJobConfiguration, SiteAgentVariables, 
         site = self.agent.config.site_id
         try:
             await anyio.to_thread.run_sync(partial(installed.flow.fn, request), abandon_on_cancel=True)
-        except Exception as exc:  # the job's own error, reported to the centre by type and message
-            logger.error("site %s: flow run %s (%s) failed: %s: %s", site, flow_run.id, label,
-                         type(exc).__name__, exc)
-            await self._set_state(flow_run, Failed(message=f"site {site}: {type(exc).__name__}: {exc}"[:2000]))
+        except Exception as exc:  # logged in full here; the centre gets a reason that quotes no data
+            logger.error("site %s: flow run %s (%s) failed", site, flow_run.id, label, exc_info=exc)
+            await self._set_state(flow_run, Failed(message=f"site {site}: {describe_failure(exc)}"[:2000]))
             return "FAILED"
         await self._set_state(flow_run, Completed())
         return "COMPLETED"
