@@ -19,7 +19,9 @@ from prefect.futures import wait
 
 from medfed.sites.config import load_site_config
 from medfed.sites.exchange_store import ExchangeStore
-from medfed.sites.job import RoundRequest, SiteJob, SiteResult
+from medfed.sites.agent import SiteAgent
+from medfed.sites.job import RoundRequest, SiteResult, result_key
+from medfed.sites.ledger import EgressLedger
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +44,31 @@ class SiteDispatcher(Protocol):
 
 
 @task(name="site-job", cache_policy=NO_CACHE, persist_result=False)
-def run_site_job(job: SiteJob, request: RoundRequest) -> SiteResult:
-    """Run one site's job for one request (embedded shape)."""
-    return job.run(request)
+def run_site_job(agent: SiteAgent, request: RoundRequest) -> SiteResult:
+    """Run one site's job for one request (embedded shape) and read back the result it sent.
+
+    The agent records every byte it writes to the exchange store in its
+    site's egress ledger first, exactly as in the deployed shape.
+    """
+    agent.serve(request)
+    return SiteResult.model_validate_json(agent.store.get(result_key(request, agent.config.site_id)))
 
 
 class EmbeddedDispatcher:
     """Run every site in this process, each as a Prefect task reading only its own folder."""
 
     def __init__(self, site_config_paths: list[str], store: ExchangeStore) -> None:
-        self.jobs: dict[str, SiteJob] = {}
+        self.agents: dict[str, SiteAgent] = {}
         for path in site_config_paths:
             config = load_site_config(Path(path))
-            if config.site_id in self.jobs:
+            if config.site_id in self.agents:
                 raise ValueError(f"site id {config.site_id!r} appears twice in the experiment's sites")
-            self.jobs[config.site_id] = SiteJob(config, store)
+            ledger = EgressLedger.for_state_dir(config.state_dir, config.site_id)
+            self.agents[config.site_id] = SiteAgent(config, store, ledger)
 
     @property
     def site_ids(self) -> list[str]:
-        return sorted(self.jobs)
+        return sorted(self.agents)
 
     def dispatch(
         self, requests: dict[str, RoundRequest], timeout_s: float
@@ -68,7 +76,7 @@ class EmbeddedDispatcher:
         futures = {}
         for site_id, request in sorted(requests.items()):
             name = f"{request.phase}-{site_id}-round-{request.round}"
-            futures[site_id] = run_site_job.with_options(task_run_name=name).submit(self.jobs[site_id], request)
+            futures[site_id] = run_site_job.with_options(task_run_name=name).submit(self.agents[site_id], request)
         finished = wait(list(futures.values()), timeout=timeout_s).done
         outcomes: dict[str, SiteResult | SiteFailure] = {}
         for site_id, future in futures.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -180,9 +181,36 @@ def test_round_global_is_weighted_average_of_updates(federation) -> None:
 def test_exchanged_files_contain_no_pickle(federation) -> None:
     config, summary, _ = federation
     files = [p for p in (Path(config.workdir) / "exchange" / summary.federation_id).rglob("*") if p.is_file()]
-    assert len(files) == 2 * (1 + 2 * (1 + len(SITES)))  # round-0 global, then global + updates per round
+    models = 2 * (1 + 2 * (1 + len(SITES)))  # round-0 global, then global + updates per round
+    results = len(SITES) * (1 + 2 * 2)  # statistics, then train and evaluate per round
+    assert len(files) == models + results
     for path in files:
         assert_no_pickle(path)
+
+
+def test_every_site_egress_is_in_its_ledger(federation) -> None:
+    """Embedded sites keep the same hash-chained ledger as deployed ones, and it covers every file sent."""
+    from medfed.sites.ledger import EgressLedger
+
+    config, summary, site_configs = federation
+    exchange = Path(config.workdir) / "exchange"
+    client = MlflowClient(summary.tracking_uri)
+    for path in site_configs:
+        site = load_site_config(path)
+        ledger = EgressLedger.for_state_dir(site.state_dir, site.site_id)
+        report = ledger.verify()
+        assert report.valid, report.errors
+        entries = [e for e in ledger.entries() if e.federation_id == summary.federation_id]
+        recorded = {e.key: e.sha256 for e in entries}
+        sent = [p for p in (exchange / summary.federation_id).rglob(f"{site.site_id}.*") if p.is_file()]
+        assert sent
+        for file in sent:
+            key = file.relative_to(exchange).as_posix()
+            assert key in recorded, key
+            assert recorded[key] == hashlib.sha256(file.read_bytes()).hexdigest()
+        tags = client.get_run(summary.run_id).data.tags
+        # The head a site reports precedes the entry for the result that carries it.
+        assert tags[f"site/{site.site_id}/ledger_head"] == entries[-2].entry_hash
 
 
 def test_same_seed_gives_identical_models(federation, tmp_path: Path) -> None:
