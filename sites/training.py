@@ -196,7 +196,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, thresh
 
 
 def segmentation_metrics(probabilities: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Mean Dice score per image, and pixel log loss, of (images, ...) probability maps against 0/1 masks.
+    """Return the mean Dice score per image and the pixel log loss of (images, ...) probability maps.
+
+    `masks` has the shape of `probabilities` and holds 0 or 1 per pixel.
 
     An image whose mask and thresholded prediction are both empty scores a
     Dice of 1, because the prediction is right.
