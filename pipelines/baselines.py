@@ -18,6 +18,7 @@ already preprocessed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,7 +162,8 @@ def run_baselines(config: ExperimentConfig, federation_id: str, tracking_uri: st
             tags={"medfed.kind": kind, "medfed.comparison": federation_id, "medfed.version": __version__,
                   "medfed.baseline_note": BASELINE_NOTE, "medfed.trained_on": ",".join(train_sites)},
         )
-        tracker.log_params({**flatten(config.model_dump(mode="json")), "baseline": label,
+        params = flatten(config.model_dump(mode="json", exclude={"sites"}))
+        tracker.log_params({**params, "sites": json.dumps(site_ids), "baseline": label,
                             "baseline.steps_per_round": str(steps_per_round)})
         try:
             results[label] = _train_baseline(kind, config, datasets, train_sites, plan, steps_per_round, tracker)

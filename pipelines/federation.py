@@ -7,6 +7,7 @@ site runs as a Prefect task in this process.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -144,7 +145,9 @@ def run_federation(
         tags={"medfed.kind": "federated", "medfed.federation_id": federation_id,
               "medfed.version": __version__, "medfed.comparison": federation_id},
     )
-    tracker.log_params({**flatten(config.model_dump(mode="json")), "federation_id": federation_id})
+    # Site config paths are local to the researcher's machine, so the run records site ids instead.
+    params = flatten(config.model_dump(mode="json", exclude={"sites"}))
+    tracker.log_params({**params, "sites": json.dumps(site_ids), "federation_id": federation_id})
     try:
         summary = _run_rounds(config, strategy, dispatcher, store, tracker, federation_id, site_ids)
     except BaseException as exc:

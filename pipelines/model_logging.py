@@ -24,6 +24,7 @@ import torch
 from mlflow.models import infer_signature
 from safetensors.torch import save_file
 
+from medfed import __version__
 from medfed.models import build_model, get_spec
 from medfed.sites.datasets import DataSpec
 from medfed.sites.job import ModelRequest
@@ -119,7 +120,7 @@ def log_tabular_model(
                 signature=signature,
                 input_example=example,
                 registered_model_name=registered_name,
-                pip_requirements=["medfed", "torch", "safetensors", "pandas"],
+                pip_requirements=[f"medfed=={__version__}", "torch", "safetensors", "pandas"],
             )
     logger.info("final model logged as %s (registered as %s)", info.model_uri, registered_name)
     return info
@@ -179,7 +180,7 @@ def log_imaging_model(
                 signature=signature,
                 input_example=example,
                 registered_model_name=registered_name,
-                pip_requirements=["medfed", "torch", "safetensors", "numpy", "monai"],
+                pip_requirements=[f"medfed=={__version__}", "torch", "safetensors", "numpy", "monai"],
             )
     logger.info("final imaging model logged as %s (registered as %s)", info.model_uri, registered_name)
     return info

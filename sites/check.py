@@ -98,7 +98,7 @@ def _check_dataset(config: SiteConfig, name: str, reports: list[ContractReport])
     except ContractViolation as exc:
         reports.append(exc.report)
         return CheckItem(label, False, f"{exc.report.source} breaks contract {contract.name} {contract.version}",
-                         "fix the rows listed below, or set policy: drop to train without them")
+                         _how_to_fix(exc.report, config))
     reports.append(table.report)
     dropped = table.report.rows_read - table.report.rows_kept
     detail = f"{table.report.rows_kept} of {table.report.rows_read} rows usable under contract {contract.name} {contract.version}"
@@ -146,25 +146,45 @@ def _check_dicom_dataset(config: SiteConfig, name: str, reports: list[ContractRe
     return CheckItem(label, True, counts)
 
 
+# Rules that hold for each row; the others are about the whole file.
+ROW_RULES = {"dtype", "not_null", "integer", "in_range", "allowed_values", "pattern"}
+
+
+def _how_to_fix(report: ContractReport, config: SiteConfig) -> str:
+    """Suggest the fix that matches the broken rules and the site's policy."""
+    broken = {r.rule for r in report.errors}
+    if broken - ROW_RULES - {"min_rows"}:
+        return "fix the file itself (format, columns or encoding): see the failed rules below"
+    if "min_rows" in broken:
+        return "too few usable rows: fix the rows listed below or export more data"
+    if config.policy == "drop":
+        return "fix the rows listed below"
+    return "fix the rows listed below, or set policy: drop to train without them"
+
+
 def render_check(outcome: SiteCheck, console: Console) -> None:
     """Print the readiness table and one table per contract report."""
     summary = Table(title=f"Readiness of {outcome.config_path}")
     summary.add_column("check")
     summary.add_column("status")
-    summary.add_column("detail")
-    summary.add_column("how to fix")
+    summary.add_column("detail", overflow="fold")
+    summary.add_column("how to fix", overflow="fold")
     for item in outcome.items:
         summary.add_row(item.name, "[green]ready" if item.ready else "[red]not ready", item.detail, item.fix)
     console.print(summary)
     for report in outcome.reports:
         table = Table(title=f"{report.source}: contract {report.contract} {report.contract_version}, "
                             f"policy {report.policy}")
-        for column in ("rule", "column or tag", "result", "count", "rows or files"):
-            table.add_column(column)
+        for column in ("rule", "column or tag", "result", "count", "rows or files", "rule detail"):
+            table.add_column(column, overflow="fold")
         for result in report.results:
-            status = "pass" if result.passed else ("[red]FAIL" if result.severity == "error" else "[yellow]warn")
-            if result.passed and result.count:
-                status = "note"
-            table.add_row(result.rule, result.column or "-", status, str(result.count), result.locations())
+            if result.passed:
+                status = "note" if result.count else "pass"
+            elif result.severity == "error":
+                status = "[red]FAIL"
+            else:
+                status = "[yellow]warn"
+            detail = result.detail if not result.passed or result.count else ""
+            table.add_row(result.rule, result.column or "-", status, str(result.count), result.locations(), detail)
         console.print(table)
     console.print("[green]Site is ready." if outcome.ready else "[red]Site is not ready: see the tables above.")

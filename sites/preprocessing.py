@@ -118,7 +118,10 @@ def merge_statistics(stats: list[SiteStatistics], features: TabularFeatures) -> 
         squares = sum(s.columns[column].total_squares for s in stats if column in s.columns)
         if count == 0:
             # No site could share this column: it becomes a constant 0 input.
-            logger.warning("column %s has no values above min_count at any site; it is encoded as 0", column)
+            logger.warning(
+                "column %s: no site shared statistics for it (each has fewer than min_count values), "
+                "so it is encoded as 0", column,
+            )
             empty.append(column)
             means[column], stds[column] = 0.0, 1.0
             continue

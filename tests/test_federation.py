@@ -313,3 +313,11 @@ def test_site_error_leaves_only_its_type(tmp_path: Path, caplog) -> None:
     assert "Planted-Secret-Name" not in reason
     db = (tmp_path / "work" / "mlflow.db").read_bytes()
     assert b"Planted-Secret-Name" not in db
+
+
+def test_params_name_sites_by_id_not_path(federation) -> None:
+    _, summary, site_configs = federation
+    params = MlflowClient(summary.tracking_uri).get_run(summary.run_id).data.params
+    assert json.loads(params["sites"]) == sorted(SITES)
+    for value in params.values():
+        assert str(site_configs[0].parent.parent) not in value
