@@ -5,7 +5,7 @@ connects outbound only: to the Prefect API, to poll the site's own work pool,
 and to the exchange store (by default the MLflow server's artifact proxy).
 
 Why a worker type of its own: Prefect's process worker starts a Python
-subprocess per flow run, which costs about 3 s before any work starts
+subprocess per flow run, which costs seconds before any work starts
 (interpreter, imports, pull step) and reloads the site's data every time.
 `SiteAgentWorker` is a regular Prefect worker (`BaseWorker`: work pool,
 heartbeats, flow-run states, cancellation of pending runs), but its `run`
