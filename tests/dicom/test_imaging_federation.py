@@ -84,7 +84,8 @@ def test_pooled_baseline_for_imaging(federation) -> None:
     from medfed.pipelines.tracking import local_artifact_root
 
     config, summary = federation
-    results = run_baselines(config, summary.federation_id, summary.tracking_uri,
+    one_round = config.model_copy(update={"rounds": 1})  # the budget per round is what is checked
+    results = run_baselines(one_round, summary.federation_id, summary.tracking_uri,
                             local_artifact_root(summary.tracking_uri, config.workdir))
 
     assert list(results) == ["pooled"]

@@ -111,5 +111,6 @@ def test_planted_values_absent_from_federation(
     # MLflow's SQLite file and artifacts, the exchange store, and Prefect's home with its database.
     assert files_containing(workdir, NEEDLES) == {}
     assert files_containing(medfed_home(), NEEDLES) == {}
+    assert files_containing(tmp_path / "sites" / "state", NEEDLES) == {}  # egress ledgers and local state
     # The search finds planted values where they are: in the site's own files.
     assert set(files_containing(data / "site_a", NEEDLES)) == set(NEEDLES)
