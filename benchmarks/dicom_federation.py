@@ -1,7 +1,7 @@
 """Three-site synthetic DICOM federation through `medfed run`, against the same model trained pooled.
 
 Writes the synthetic CT sites of the DICOM lesion example with
-`medfed synth dicom` (100 studies per site unless --studies says otherwise),
+`medfed synth dicom` (100 studies per site by default, set with --studies),
 then runs the example exactly as a researcher would:
 
     .venv/bin/medfed synth dicom .medfed/synthetic_ct --studies 100

@@ -288,8 +288,8 @@ def _log_sample_images(
 ) -> None:
     """Copy each site's sample-image PNG from the exchange store to the run, after checking it is a PNG.
 
-    Only a site whose dataset is declared synthetic sends one; the site
-    decides, and the centre never asks a particular site for images.
+    Only a site whose dataset is declared synthetic sends one. The site
+    decides, because no request names a site or a series to send images of.
     """
     for site_id, result in sorted(results.items()):
         if result.sample_images is None:
