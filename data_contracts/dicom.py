@@ -16,7 +16,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from medfed.data_contracts.dicom_values import keyword_tag, number, numbers, text, unsigned_short, values
+from medfed.data_contracts.files import read_contract_text
 from medfed.data_contracts.report import ContractReport, RuleResult, Severity, capped
 
 # SOP classes whose images often carry burned-in text: ultrasound,
@@ -183,16 +183,7 @@ class DicomContract(BaseModel):
 
 def load_dicom_contract(reference: str | Path) -> DicomContract:
     """Load a DICOM contract by file path or by the name of one shipped in `data_contracts/`."""
-    path = Path(reference)
-    if path.suffix in {".yaml", ".yml"} and path.exists():
-        text = path.read_text()
-    else:
-        shipped = resources.files("medfed.data_contracts") / f"{reference}.yaml"
-        if not shipped.is_file():
-            raise FileNotFoundError(
-                f"contract {reference!r} is neither a YAML file nor a contract shipped with medfed"
-            )
-        text = shipped.read_text()
+    text = read_contract_text(reference)
     try:
         return DicomContract.model_validate(yaml.safe_load(text))
     except ValueError as exc:

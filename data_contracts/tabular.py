@@ -17,7 +17,6 @@ import logging
 import re
 from collections import defaultdict
 from enum import StrEnum
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +26,7 @@ import pandera.pandas as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medfed.data_contracts.files import read_contract_text
 from medfed.data_contracts.report import ContractReport, RuleResult, Severity, capped
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,7 @@ class TabularContract(BaseModel):
 
 def load_contract(reference: str | Path) -> TabularContract:
     """Load a contract by file path or by the name of one shipped in `data_contracts/`."""
-    path = Path(reference)
-    if path.suffix in {".yaml", ".yml"} and path.exists():
-        text = path.read_text()
-    else:
-        shipped = resources.files("medfed.data_contracts") / f"{reference}.yaml"
-        if not shipped.is_file():
-            raise FileNotFoundError(
-                f"contract {reference!r} is neither a YAML file nor a contract shipped with medfed"
-            )
-        text = shipped.read_text()
+    text = read_contract_text(reference)
     return TabularContract.model_validate(yaml.safe_load(text))
 
 

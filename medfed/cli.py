@@ -112,9 +112,7 @@ def demo(
 
 
 def _run_embedded(config) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from medfed.pipelines import progress as round_progress
+    from medfed.cli_progress import round_progress_bar
     from medfed.pipelines.baselines import run_baselines
     from medfed.pipelines.federation import federation_flow, new_federation_id
     from medfed.pipelines.tracking import local_artifact_root
@@ -122,22 +120,8 @@ def _run_embedded(config) -> None:
     federation_id = new_federation_id(config.study)
     console.print(f"Federation [bold]{federation_id}[/]: {len(config.sites)} sites, {config.rounds} rounds, "
                   f"strategy {config.strategy.get('name', 'fedavg')}")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("rounds", total=config.rounds, status="starting sites")
-
-        def on_round(event: round_progress.RoundEvent) -> None:
-            headline = "dice" if "dice_mean" in event.metrics else "accuracy"  # dice for segmentation
-            status = f"{headline}_mean {event.metrics.get(f'{headline}_mean', float('nan')):.3f}"
-            if event.dropped:
-                status += f", left out: {', '.join(sorted(event.dropped))}"
-            bar.update(task, completed=event.round, status=status)
-
-        round_progress.add_listener(on_round)
-        try:
-            summary = federation_flow(config, federation_id=federation_id)
-        finally:
-            round_progress.remove_listener(on_round)
+    with round_progress_bar(console, config.rounds, "starting sites"):
+        summary = federation_flow(config, federation_id=federation_id)
 
     rows: dict[str, dict[str, float]] = {"federated": {
         **{f"site/{s}/{k}": v for s, m in summary.site_metrics.items() for k, v in m.items()},

@@ -159,10 +159,8 @@ def _load_deployed_experiment(experiment: Path, overrides: dict | None = None) -
 def run_deployed(config: ExperimentConfig, prefect_api_url: str | None = None) -> None:
     """Run the central flow against the Prefect server, with a progress bar, and print the final table."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from medfed.cli import results_table
-    from medfed.pipelines import progress as round_progress
+    from medfed.cli_progress import round_progress_bar
     from medfed.pipelines.deployed import deployed_federation_flow
     from medfed.pipelines.federation import new_federation_id
 
@@ -175,21 +173,8 @@ def run_deployed(config: ExperimentConfig, prefect_api_url: str | None = None) -
     console.print(f"Federation [bold]{federation_id}[/] (deployed): sites {', '.join(config.sites)}, "
                   f"{config.rounds} rounds, round deadline {config.round_timeout_s:g} s")
     with temporary_settings(updates={PREFECT_API_URL: _prefect_api_url(prefect_api_url)}), \
-            Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("rounds", total=config.rounds, status="statistics phase")
-
-        def on_round(event: round_progress.RoundEvent) -> None:
-            status = f"accuracy_mean {event.metrics.get('accuracy_mean', float('nan')):.3f}"
-            if event.dropped:
-                status += f", left out: {', '.join(sorted(event.dropped))}"
-            bar.update(task, completed=event.round, status=status)
-
-        round_progress.add_listener(on_round)
-        try:
-            summary = deployed_federation_flow(config, federation_id=federation_id)
-        finally:
-            round_progress.remove_listener(on_round)
+            round_progress_bar(console, config.rounds, "statistics phase"):
+        summary = deployed_federation_flow(config, federation_id=federation_id)
     for record in summary.rounds:
         for site_id, reason in sorted(record.dropped.items()):
             console.print(f"round {record.round}: site {site_id} left out: {reason}")

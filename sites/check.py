@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from medfed.data_contracts.files import contract_kind
 from medfed.data_contracts.report import ContractReport
 from medfed.data_contracts.tabular import ContractViolation, Policy, load_contract, validate_file
 from medfed.sites.config import SiteConfig, load_site_config
@@ -61,23 +60,6 @@ def check_site(config_path: Path) -> SiteCheck:
     for binding in config.datasets:
         outcome.items.append(_check_dataset(config, binding.name, outcome.reports))
     return outcome
-
-
-def contract_kind(reference: str) -> str:
-    """Return the `kind` a contract file declares ("tabular" when it declares none or cannot be read)."""
-    path = Path(reference)
-    if path.suffix in {".yaml", ".yml"} and path.is_file():
-        text = path.read_text()
-    else:
-        shipped = resources.files("medfed.data_contracts") / f"{reference}.yaml"
-        if not shipped.is_file():
-            return "tabular"  # the tabular loader then reports the missing contract
-        text = shipped.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return "tabular"
-    return str(raw.get("kind", "tabular")) if isinstance(raw, dict) else "tabular"
 
 
 def _check_dataset(config: SiteConfig, name: str, reports: list[ContractReport]) -> CheckItem:
