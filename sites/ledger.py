@@ -41,7 +41,7 @@ class LedgerEntry(BaseModel):
     federation_id: str
     round: int = Field(ge=0)
     destination: str = Field(description="Where the bytes go, such as the exchange store URI.")
-    kind: str = Field(description="payload, manifest, statistics, metrics or result.")
+    kind: str = Field(description="payload, manifest, statistics, metrics, result or sample_images.")
     key: str = Field(description="Store key the bytes are written to.")
     size: int = Field(ge=0, description="Size in bytes.")
     sha256: str
