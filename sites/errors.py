@@ -1,4 +1,4 @@
-"""What a site may say about its own failures to the centre.
+"""Failure reasons a site may send to the centre.
 
 A failure reason crosses the trust boundary like any other output. medfed's
 own errors are built to name files, columns, rows, tags and rules, never
@@ -38,7 +38,7 @@ def _safe_error_types() -> tuple[type[BaseException], ...]:
 
 
 def is_safe_to_send(exc: BaseException) -> bool:
-    """Whether `exc` is one of medfed's own errors, whose messages carry no data values."""
+    """Return whether `exc` is one of medfed's own errors, whose messages carry no data values."""
     return isinstance(exc, _safe_error_types())
 
 
