@@ -80,6 +80,16 @@ class ContractReport(BaseModel):
         ]
         return "\n".join(lines)
 
+    def for_export(self) -> ContractReport:
+        """Return a copy fit to leave the site: counts and row numbers, no file paths.
+
+        Hospital exports often name folders and files after patients or
+        accession numbers, so relative paths stay in the site's own report
+        (`medfed site check`) and only their counts are sent.
+        """
+        results = [r.model_copy(update={"files": []}) for r in self.results]
+        return self.model_copy(update={"results": results})
+
     def write_json(self, path: Path) -> Path:
         """Write the report as JSON and return the path."""
         path.parent.mkdir(parents=True, exist_ok=True)

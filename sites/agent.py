@@ -180,7 +180,18 @@ class SiteAgent:
                            destination=self.destination, kind=kind, key=key, data=data)
 
     def serve(self, request: RoundRequest) -> None:
-        """Run the request and write its result JSON to the exchange store."""
+        """Run the request and write its result JSON to the exchange store.
+
+        A request this site has already answered (the same federation, round
+        and phase, found in the ledger) is rejected, so a replayed request
+        cannot make the site train or send again.
+        """
+        key = result_key(request, self.config.site_id)
+        if self.ledger.contains_key(key):
+            raise RequestRejected(
+                f"site {self.config.site_id!r} already answered {request.phase} of round {request.round} "
+                f"of federation {request.federation_id!r}; a request is served once"
+            )
         token = self._request.set(request)
         try:
             logger.info("site %s: %s for federation %s round %d started", self.config.site_id,
@@ -189,7 +200,6 @@ class SiteAgent:
             result = self.job.run(request)
             result.compute_seconds = round(time.perf_counter() - started, 6)
             result.ledger_head = self.ledger.head()
-            key = result_key(request, self.config.site_id)
             data = result.model_dump_json().encode()
             self._record_egress("result", key, data)
             self.store.put(key, data)

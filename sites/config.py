@@ -151,7 +151,10 @@ def load_site_config(path: str | Path) -> SiteConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"site config {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"site config {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"site config {path} must be a YAML mapping")
     base = path.resolve().parent

@@ -163,7 +163,7 @@ class SiteJob:
         return SiteResult(
             site_id=self.site_id, federation_id=request.federation_id, round=request.round,
             phase="statistics", num_examples=data.num_train, statistics=stats,
-            contract_report=data.report, sample_images=samples_key,
+            contract_report=data.report.for_export(), sample_images=samples_key,
         )
 
     def _load_global(self, request: RoundRequest) -> torch.nn.Module:

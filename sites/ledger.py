@@ -139,6 +139,10 @@ class EgressLedger:
         last = _last_line(self.path.read_text(encoding="utf-8"))
         return LedgerEntry.model_validate_json(last).entry_hash if last else GENESIS_HASH
 
+    def contains_key(self, key: str) -> bool:
+        """Return whether any entry recorded an egress to store key `key`."""
+        return any(entry.key == key for entry in self.entries())
+
     def verify(self) -> ChainReport:
         """Check every entry's hash, its link to the previous one and its position."""
         errors: list[str] = []

@@ -86,21 +86,27 @@ class PreprocessingPlan(BaseModel):
 def site_statistics(frame: pd.DataFrame, features: TabularFeatures, *, site_id: str, min_count: int) -> SiteStatistics:
     """Compute per-column counts, sums and sums of squares over a site's training rows.
 
-    A column with fewer than `min_count` non-missing values sends a count of
-    zero and no sums, so that no statistic over a handful of patients leaves.
+    Small cells stay at the site. A column with fewer than `min_count`
+    non-missing values sends a count of zero and no sums. A binary column
+    whose ones or zeros number fewer than `min_count` is withheld the same
+    way, because its sum is that count. Missing counts and categorical level
+    counts below `min_count` are sent as zero.
     """
     columns: dict[str, ColumnSums] = {}
     withheld: list[str] = []
     for column in features.columns:
         values = frame[column].astype(float)
         present = values.dropna()
-        sums = ColumnSums(missing=int(values.isna().sum()))
-        if len(present) >= min_count:
+        missing = int(values.isna().sum())
+        sums = ColumnSums(missing=missing if missing >= min_count else 0)
+        small_cell = column in features.binary and min(int((present == 1).sum()), int((present == 0).sum())) < min_count
+        if len(present) >= min_count and not small_cell:
             sums.count = int(len(present))
             sums.total = float(present.sum())
             sums.total_squares = float((present**2).sum())
             if column in features.categorical:
-                sums.level_counts = {f"{v:g}": int((present == v).sum()) for v in features.categorical[column]}
+                levels = {f"{v:g}": int((present == v).sum()) for v in features.categorical[column]}
+                sums.level_counts = {level: n if n >= min_count else 0 for level, n in levels.items()}
         elif len(present) > 0:
             withheld.append(column)
         columns[column] = sums

@@ -64,3 +64,19 @@ def test_transform_zscores_imputes_and_one_hot_encodes() -> None:
     one_hot = encoded[:, 3:7]
     assert (one_hot.sum(axis=1) == 1).all()
     np.testing.assert_array_equal(one_hot.argmax(axis=1) + 1, frame["cp"].to_numpy())
+
+
+def test_small_cells_stay_at_site() -> None:
+    frame = _frame(7, 40, 0.0)
+    frame["sex"] = 0.0
+    frame.loc[:2, "sex"] = 1.0  # three ones: a small cell
+    frame.loc[:3, "age"] = np.nan  # four missing values
+    frame["cp"] = 4.0
+    frame.loc[:1, "cp"] = 1.0  # two patients with cp = 1
+    stats = site_statistics(frame, FEATURES, site_id="small", min_count=10)
+    assert "sex" in stats.withheld
+    assert stats.columns["sex"].count == 0
+    assert stats.columns["sex"].total == 0.0
+    assert stats.columns["age"].missing == 0
+    assert stats.columns["age"].count == 36
+    assert stats.columns["cp"].level_counts == {"1": 0, "2": 0, "3": 0, "4": 38}

@@ -53,6 +53,7 @@ def attach_labels(index: DicomIndex, contract: DicomContract, *, policy: Policy 
     if rule is None:
         raise LabelManifestError(f"contract {contract.name} declares no label manifest")
     path = _inside_root(index.root, rule.file)
+    index.report.policy = Policy(policy).value
     table = validate_file(path, load_contract(rule.contract), data_root=index.root, policy=policy)
     frame = table.frame
 

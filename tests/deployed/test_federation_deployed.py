@@ -349,15 +349,17 @@ def test_sigterm_finishes_or_abandons_job(deployed: DeployedStack) -> None:
                   federation_id=federation_id, round_number=1, model_name="logistic_regression")
 
         outcomes = {}
-        for case, steps in (("finished", 3000), ("abandoned", 2_000_000)):
+        # Each case uses its own round, because a site serves a request only once.
+        for case, steps, round_number in (("finished", 3000, 1), ("abandoned", 2_000_000, 2)):
             agent = deployed.agents[site]
-            train = {**base, "round": 1, "phase": "train", "preprocessing": plan.model_dump(mode="json"),
+            train = {**base, "round": round_number, "phase": "train", "preprocessing": plan.model_dump(mode="json"),
                      "training": {"steps": steps, "batch_size": 4, "optimizer": "sgd", "lr": 0.01},
                      "federation_id": federation_id}
-            started_before = agent.log_text().count(f"train for federation {federation_id} round 1 started")
+            started = f"train for federation {federation_id} round {round_number} started"
+            started_before = agent.log_text().count(started)
             run = client.create_flow_run_from_deployment(deployment.id, parameters={"request": train}, name=case)
             deadline = time.monotonic() + 60
-            while agent.log_text().count(f"train for federation {federation_id} round 1 started") == started_before:
+            while agent.log_text().count(started) == started_before:
                 assert time.monotonic() < deadline, agent.log_text()[-3000:]
                 time.sleep(0.02)
             agent.signal(signal.SIGTERM)
