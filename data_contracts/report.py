@@ -19,7 +19,7 @@ MAX_LOCATIONS_LISTED = 50
 
 
 class Severity(StrEnum):
-    """How a broken rule affects training."""
+    """Effect of a broken rule on training."""
 
     ERROR = "error"  # rows or files that break it are dropped or training is refused
     WARNING = "warning"  # reported only

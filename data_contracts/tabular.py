@@ -44,7 +44,7 @@ class ContractViolation(ValueError):
 
 
 class Policy(StrEnum):
-    """What a site does with rows that break a row-level rule."""
+    """Site policy for rows that break a row-level rule."""
 
     DROP = "drop"  # drop the offending rows and train on the rest
     REFUSE = "refuse"  # train on nothing until the data is fixed
@@ -176,7 +176,10 @@ def validate_file(
 
     numeric, bad_rows = _check_values(raw, contract, report)
     kept = numeric.drop(index=sorted(bad_rows))
-    report.rows_kept = len(kept) if policy == Policy.DROP else (len(numeric) if not bad_rows else 0)
+    if policy == Policy.DROP or not bad_rows:
+        report.rows_kept = len(kept)
+    else:
+        report.rows_kept = 0  # refuse: nothing is used until the rows are fixed
 
     min_rows_ok = len(kept) >= contract.min_rows
     report.results.append(
@@ -327,7 +330,7 @@ def _check_values(
         )
         bad_rows.update(rows)
 
-    # Rule: zero means missing. Not a violation, but counted so the site sees it.
+    # Rule: zero means missing. Not a violation, but counted so that the report shows it.
     for rule in contract.columns:
         if rule.zero_means_missing:
             zeros = numeric[rule.name].eq(0)
@@ -398,7 +401,7 @@ def _pandera_failures(numeric: pd.DataFrame, contract: TabularContract) -> dict[
         numeric_types = {rule.name: float for rule in contract.columns if rule.dtype != "str"}
         _pandera_schema(contract).validate(numeric.astype(numeric_types), lazy=True)
     except pa.errors.SchemaErrors as exc:
-        # failure_cases holds the failing values; keep only column, check and row.
+        # failure_cases contains the failing values, so only column, check and row are kept.
         cases = exc.failure_cases[["column", "check", "index"]]
         for column, check, index in cases.itertuples(index=False):
             if column is None or index is None or pd.isna(index):

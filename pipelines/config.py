@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medfed.sites.config import read_yaml_mapping
 from medfed.sites.datasets import DataSpec
 from medfed.sites.job import ModelRequest
 from medfed.sites.training import LocalTrainingConfig
@@ -100,14 +100,7 @@ class ExperimentConfig(BaseModel):
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read an experiment YAML; relative site and workdir paths resolve against its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"experiment config {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"experiment config {path} must be a YAML mapping")
+    raw = read_yaml_mapping(path, "experiment config")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     base = path.resolve().parent
     raw["sites"] = [

@@ -1,4 +1,4 @@
-"""How the central flow reaches the sites.
+"""Dispatchers: the ways the central flow reaches the sites.
 
 A dispatcher sends one request to each of several sites and returns each
 site's result or the reason it has none, within a deadline. The embedded
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SiteFailure:
-    """Why a site has no result this round."""
+    """Reason a site has no result this round."""
 
     site_id: str
     reason: str

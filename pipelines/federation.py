@@ -1,6 +1,6 @@
 """The central federation: statistics, then rounds of train, validate, aggregate, evaluate.
 
-`run_federation` holds the logic and works with any dispatcher;
+`run_federation` contains the logic and works with any dispatcher.
 `federation_flow` is the Prefect flow of the embedded shape, where every
 site runs as a Prefect task in this process.
 """

@@ -86,6 +86,29 @@ def log_final_model(
         return log_tabular_model(run_id, state, model, plan, registered_name)
 
 
+def _log_pyfunc_from_code(
+    run_id: str,
+    code: Path,
+    weights: Path,
+    card: Path,
+    signature: mlflow.models.ModelSignature,
+    example: object,
+    registered_name: str | None,
+    extra_requirements: list[str],
+) -> mlflow.models.model.ModelInfo:
+    """Log `code` as the run's pyfunc model with its safetensors weights and model card, and register it."""
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code),
+            artifacts={"weights": str(weights), "model_card": str(card)},
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            pip_requirements=[f"medfed=={__version__}", "torch", "safetensors", *extra_requirements],
+        )
+
+
 def log_tabular_model(
     run_id: str,
     state: dict[str, torch.Tensor],
@@ -112,16 +135,8 @@ def log_tabular_model(
         with torch.no_grad():
             output = torch.sigmoid(network(transform(example, plan))).numpy()
         signature = infer_signature(example, pd.Series(output, name="probability"))
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(SERVING_CODE),
-                artifacts={"weights": str(weights), "model_card": str(card)},
-                signature=signature,
-                input_example=example,
-                registered_model_name=registered_name,
-                pip_requirements=[f"medfed=={__version__}", "torch", "safetensors", "pandas"],
-            )
+        info = _log_pyfunc_from_code(run_id, SERVING_CODE, weights, card, signature, example, registered_name,
+                                     ["pandas"])
     logger.info("final model logged as %s (registered as %s)", info.model_uri, registered_name)
     return info
 
@@ -172,15 +187,7 @@ def log_imaging_model(
         with torch.no_grad():
             output = torch.sigmoid(network(torch.from_numpy(example))).numpy()
         signature = infer_signature(example, output)
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(IMAGING_SERVING_CODE),
-                artifacts={"weights": str(weights), "model_card": str(card)},
-                signature=signature,
-                input_example=example,
-                registered_model_name=registered_name,
-                pip_requirements=[f"medfed=={__version__}", "torch", "safetensors", "numpy", "monai"],
-            )
+        info = _log_pyfunc_from_code(run_id, IMAGING_SERVING_CODE, weights, card, signature, example,
+                                     registered_name, ["numpy", "monai"])
     logger.info("final imaging model logged as %s (registered as %s)", info.model_uri, registered_name)
     return info

@@ -182,14 +182,14 @@ class SiteAgent:
     def serve(self, request: RoundRequest) -> None:
         """Run the request and write its result JSON to the exchange store.
 
-        A request this site has already answered (the same federation, round
+        A request this site has already served (the same federation, round
         and phase, found in the ledger) is rejected, so a replayed request
         cannot make the site train or send again.
         """
         key = result_key(request, self.config.site_id)
         if self.ledger.contains_key(key):
             raise RequestRejected(
-                f"site {self.config.site_id!r} already answered {request.phase} of round {request.round} "
+                f"site {self.config.site_id!r} already served {request.phase} of round {request.round} "
                 f"of federation {request.federation_id!r}; a request is served once"
             )
         token = self._request.set(request)

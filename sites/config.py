@@ -38,7 +38,7 @@ class DatasetBinding(BaseModel):
 
 
 class SiteConfig(BaseModel):
-    """What a hospital declares about its site."""
+    """Site declaration written by hospital IT."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -146,17 +146,23 @@ class SiteConfig(BaseModel):
         return path
 
 
-def load_site_config(path: str | Path) -> SiteConfig:
-    """Read a site YAML file, resolving relative paths against its folder."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """Read a YAML file whose top level is a mapping; `what` names the file in errors."""
     if not path.is_file():
-        raise FileNotFoundError(f"site config {path} not found")
+        raise FileNotFoundError(f"{what} {path} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"site config {path} is not valid YAML: {exc}") from None
+        raise ValueError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"site config {path} must be a YAML mapping")
+        raise ValueError(f"{what} {path} must be a YAML mapping")
+    return raw
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read a site YAML file, resolving relative paths against its folder."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "site config")
     base = path.resolve().parent
     for key in ("data_root", "work_dir"):
         if raw.get(key) is not None:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class DataSpec(BaseModel):
-    """What the experiment asks of every site's data. Carries names, never paths."""
+    """Data request of the experiment to every site. It carries names, never paths."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -137,7 +137,7 @@ def decode_payload(
         raise ExchangeError(f"payload of {len(data)} bytes exceeds the {max_bytes}-byte limit", site_id=site)
     if len(data) != manifest.payload_bytes:
         raise ExchangeError(
-            f"payload has {len(data)} bytes but the manifest says {manifest.payload_bytes}", site_id=site
+            f"payload has {len(data)} bytes but the manifest records {manifest.payload_bytes}", site_id=site
         )
     digest = sha256_bytes(data)
     if digest != manifest.payload_sha256:

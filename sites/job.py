@@ -42,7 +42,7 @@ class ModelRequest(BaseModel):
 
 
 class RoundRequest(BaseModel):
-    """What the centre asks a site to do. Validated before any work starts."""
+    """Request from the centre to a site, validated before any work starts."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -61,7 +61,7 @@ class RoundRequest(BaseModel):
 
 
 class SiteResult(BaseModel):
-    """What a site returns: aggregates and keys, never rows or tensors."""
+    """Site result: aggregates and store keys, never rows or tensors."""
 
     site_id: str
     federation_id: str

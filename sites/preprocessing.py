@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class TabularFeatures(BaseModel):
-    """Which contract columns feed the model and how each is encoded."""
+    """Contract columns that feed the model, and the encoding of each."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -62,7 +62,7 @@ class ColumnSums(BaseModel):
 
 
 class SiteStatistics(BaseModel):
-    """What a site sends for federated preprocessing: sums and counts, never rows."""
+    """Per-site sums and counts for federated preprocessing, never rows."""
 
     site_id: str
     num_rows: int

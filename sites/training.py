@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class LocalTrainingConfig(BaseModel):
-    """How each site trains in one round."""
+    """Local training settings of each site for one round."""
 
     model_config = ConfigDict(extra="forbid")
 

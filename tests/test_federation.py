@@ -122,7 +122,8 @@ def test_artifacts_per_round_and_site(federation) -> None:
     for round_number in (1, 2):
         folder = root / "models" / f"round_{round_number:04d}"
         manifest = json.loads((folder / "global.json").read_text())
-        assert manifest["round"] == round_number and manifest["kind"] == "global_model"
+        assert manifest["round"] == round_number
+        assert manifest["kind"] == "global_model"
         tensors = load_safetensors((folder / "global.safetensors").read_bytes())
         assert set(tensors) == {"linear.weight", "linear.bias"}
         record = json.loads((root / "rounds" / f"round_{round_number:04d}.json").read_text())
@@ -147,7 +148,8 @@ def test_final_model_registered_and_loads_without_pickle(federation) -> None:
     files = [p for p in local.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in {".pkl", ".pickle", ".pt", ".pth"}]
     mlmodel = (local / "MLmodel").read_text()
-    assert "model_code_path" in mlmodel and "signature" in mlmodel
+    assert "model_code_path" in mlmodel
+    assert "signature" in mlmodel
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"][:5] == FEATURES["numeric"]
     model = mlflow.pyfunc.load_model(f"models:/e2e-study/{summary.registered_version}")
@@ -155,7 +157,8 @@ def test_final_model_registered_and_loads_without_pickle(federation) -> None:
 
     frame = pd.DataFrame(example["data"], columns=example["columns"])
     prediction = np.asarray(model.predict(frame))
-    assert prediction.shape == (1,) and 0.0 <= float(prediction[0]) <= 1.0
+    assert prediction.shape == (1,)
+    assert 0.0 <= float(prediction[0]) <= 1.0
     weights = load_safetensors((local / "artifacts" / "weights.safetensors").read_bytes())
     root = Path(mlflow.artifacts.download_artifacts(run_id=summary.run_id, tracking_uri=summary.tracking_uri,
                                                     artifact_path="models/round_0002"))

@@ -28,7 +28,7 @@ def test_replayed_request_rejected(tmp_path: Path) -> None:
     agent.serve(request)
     entries = ledger.verify().entries
     assert entries > 0
-    with pytest.raises(RequestRejected, match="already answered statistics of round 0"):
+    with pytest.raises(RequestRejected, match="already served statistics of round 0"):
         agent.serve(request)
     assert ledger.verify().entries == entries
     agent.serve(request.model_copy(update={"federation_id": "fed-other"}))
